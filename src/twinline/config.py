@@ -1,0 +1,215 @@
+"""The deployment's configuration: one TOML file that every process reads.
+
+The schema is a tree of msgspec Structs. Loading converts the TOML document into it
+strictly (unknown keys and wrong types are errors), then checks what types alone
+cannot (addresses, ranges, references between sections). Every problem becomes one
+`ConfigError` whose message names the key at fault, e.g.
+``switch.listen[1]: 'udp:10.0.0.1' has no port``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+Transport = Literal["udp", "tcp"]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the key and the problem."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class Limits(_Section):
+    """Bounds on what the switch accepts from the network (RFC 3261 leaves them to us)."""
+
+    # A UDP datagram cannot exceed 65,535 bytes; a stream message gets the same bound
+    # so one peer cannot make the switch buffer more than that per connection.
+    max_message_size: int = 65535
+    # Real phones send 10 to 25 headers; 100 leaves room for proxies' Via and Record-Route.
+    max_headers: int = 100
+    # The longest legitimate lines are Authorization and SDP-free Contact lists; 8 KiB fits.
+    max_line_length: int = 8192
+
+
+class Timers(_Section):
+    """RFC 3261 timer base values, in seconds (section 17.1.1.1)."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+
+class SwitchConfig(_Section):
+    # Where the switch takes SIP: "udp:HOST:PORT" or "tcp:HOST:PORT"; IPv6 as "udp:[::1]:5060".
+    listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060"])
+    # The host name or address the switch puts in Via, Contact and Record-Route;
+    # by default the address of the listener that carries the message.
+    advertise: str | None = None
+    # The domain of users' addresses of record and the digest realm.
+    domain: str = "twinline.local"
+    # More live calls than this and new INVITEs get 503 with Retry-After.
+    max_calls: int = 20000
+    retry_after: int = 5
+    # A B-leg that rings this long without an answer is cancelled; the caller gets 480.
+    no_answer_timeout: float = 60.0
+    limits: Limits = msgspec.field(default_factory=Limits)
+    timers: Timers = msgspec.field(default_factory=Timers)
+
+
+class User(_Section):
+    """A phone that registers: its user name and digest password."""
+
+    name: str
+    password: str
+
+
+class Route(_Section):
+    """A static route: dialled numbers starting with `prefix` go to `target`."""
+
+    prefix: str
+    target: str  # HOST:PORT of the PBX or trunk
+    transport: Transport = "udp"
+    strip: int = 0  # digits removed from the front of the number before sending it on
+    add: str = ""  # digits put in front after stripping
+
+
+class Config(_Section):
+    switch: SwitchConfig = msgspec.field(default_factory=SwitchConfig)
+    users: list[User] = msgspec.field(default_factory=list)
+    routes: list[Route] = msgspec.field(default_factory=list)
+
+
+_PATH_RE = re.compile(r"^\$\.?")
+
+
+def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port" or "host" (with a default port). Raises ValueError."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r} has an unclosed '['")
+        host, rest = text[1:end], text[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+        if not rest:
+            port_text = None
+        elif rest.startswith(":"):
+            port_text = rest[1:]
+        else:
+            raise ValueError(f"{text!r} has text after ']'")
+    else:
+        if text.count(":") > 1:
+            raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:5060")
+        host, _, port_text_ = text.partition(":")
+        port_text = port_text_ if _ else None
+        if not host or not re.fullmatch(r"[A-Za-z0-9.\-]+", host):
+            raise ValueError(f"{text!r} has no valid host")
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"{text!r} has no port")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} has an invalid port (1 to 65535)")
+    return host, int(port_text)
+
+
+def parse_listen(text: str) -> tuple[Transport, str, int]:
+    """Split "udp:HOST:PORT" into its parts. Raises ValueError."""
+    transport, sep, rest = text.partition(":")
+    if not sep or transport not in ("udp", "tcp"):
+        raise ValueError(f"{text!r} must start with 'udp:' or 'tcp:'")
+    host, port = parse_hostport(rest)
+    return transport, host, port  # type: ignore[return-value]
+
+
+def _check(config: Config) -> None:
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{key}: {problem}")
+
+    sw = config.switch
+    if not sw.listen:
+        fail("switch.listen", "needs at least one address, as 'udp:127.0.0.1:5060'")
+    for i, text in enumerate(sw.listen):
+        try:
+            parse_listen(text)
+        except ValueError as e:
+            fail(f"switch.listen[{i}]", str(e))
+    for key, value, low, high in (
+        ("switch.limits.max_message_size", sw.limits.max_message_size, 1024, 1 << 20),
+        ("switch.limits.max_headers", sw.limits.max_headers, 10, 1000),
+        ("switch.limits.max_line_length", sw.limits.max_line_length, 256, 65535),
+        ("switch.max_calls", sw.max_calls, 1, 10_000_000),
+        ("switch.retry_after", sw.retry_after, 1, 3600),
+    ):
+        if not low <= value <= high:
+            fail(key, f"{value} is out of range ({low} to {high})")
+    for key, fvalue in (
+        ("switch.no_answer_timeout", sw.no_answer_timeout),
+        ("switch.timers.t1", sw.timers.t1),
+        ("switch.timers.t2", sw.timers.t2),
+        ("switch.timers.t4", sw.timers.t4),
+    ):
+        if not fvalue > 0:
+            fail(key, f"{fvalue} must be greater than 0")
+    seen: set[str] = set()
+    for i, user in enumerate(config.users):
+        if not re.fullmatch(r"[A-Za-z0-9_.!~*'()&=+$,;?/%-]+", user.name):
+            fail(f"users[{i}].name", f"{user.name!r} is not a valid SIP user name")
+        if user.name in seen:
+            fail(f"users[{i}].name", f"{user.name!r} appears twice")
+        seen.add(user.name)
+        if not user.password:
+            fail(f"users[{i}].password", "must not be empty")
+    for i, route in enumerate(config.routes):
+        if not re.fullmatch(r"[0-9*#+]*", route.prefix):
+            fail(f"routes[{i}].prefix", f"{route.prefix!r} may hold only digits, *, # and +")
+        try:
+            parse_hostport(route.target)
+        except ValueError as e:
+            fail(f"routes[{i}].target", str(e))
+        if route.strip < 0:
+            fail(f"routes[{i}].strip", "must not be negative")
+
+
+def load_config_text(text: str, *, source: str = "<config>") -> Config:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        config = msgspec.convert(document, Config)
+    except msgspec.ValidationError as e:
+        message, _, path = str(e).rpartition(" - at `")
+        if not message:
+            message, path = str(e), ""
+        key = _PATH_RE.sub("", path.rstrip("`"))
+        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
+        if unknown:
+            key = f"{key}.{unknown[1]}" if key else unknown[1]
+            message = "unknown key (check its spelling and section)"
+        raise ConfigError(f"{key or '(top level)'}: {message}") from None
+    _check(config)
+    return config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a configuration file; None gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the configuration file: {e.strerror}") from None
+    return load_config_text(text, source=str(p))

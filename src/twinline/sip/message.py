@@ -1,0 +1,805 @@
+"""SIP messages (RFC 3261 section 7): parsing, the message model, serializing.
+
+Sans-IO: `parse_message` takes the bytes of one datagram (or one frame cut by
+`StreamFramer`) and returns a `Request` or a `Response`; `Message.to_bytes` goes back.
+
+Header values are kept as text exactly as received (less the folding), and parsed
+further only on demand (`parse_via`, `parse_name_addr`, `parse_uri`): a B2BUA passes
+most headers through, so eager parsing would be wasted on the hot path. The few fields
+every layer needs (Call-ID, CSeq, the top Via's branch, the From and To tags) are
+pulled out once, at parse time, and kept as attributes.
+
+Text is decoded as UTF-8 with ``surrogateescape`` so that any byte sequence survives a
+parse/serialize round trip unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from twinline.sip.errors import SipParseError
+
+# Compact forms (RFC 3261 7.3.3 and the extensions that registered one).
+COMPACT_FORMS = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+
+_CANONICAL_NAMES = [
+    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
+    "Allow-Events", "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+    "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From", "Identity",
+    "Identity-Info", "In-Reply-To", "Max-Forwards", "Min-Expires", "MIME-Version",
+    "Min-SE", "Organization", "P-Asserted-Identity", "Path", "Priority",
+    "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck", "Reason",
+    "Record-Route", "Refer-To", "Referred-By", "Reject-Contact", "Reply-To",
+    "Request-Disposition", "Require", "Retry-After", "Route", "RSeq", "Server",
+    "Session-Expires", "Subject", "Supported", "Timestamp", "To", "Unsupported",
+    "User-Agent", "Via", "Warning", "WWW-Authenticate",
+]  # fmt: skip
+
+# Lower-cased name (or compact form) -> the spelling used in code and on the wire.
+CANONICAL: dict[str, str] = {n.lower(): n for n in _CANONICAL_NAMES}
+CANONICAL.update(COMPACT_FORMS)
+
+# Headers whose grammar is a comma-separated list (RFC 3261 7.3.1): stored one value
+# per entry, so "Via: a, b" and two Via lines look the same to the rest of the code.
+# Authorization-like headers are absent on purpose: their commas separate parameters.
+LIST_HEADERS = frozenset(
+    [
+        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
+        "Call-Info", "Contact", "Content-Encoding", "Content-Language", "Error-Info",
+        "In-Reply-To", "Path", "Proxy-Require", "Record-Route", "Require", "Route",
+        "Supported", "Unsupported", "Via", "Warning",
+    ]
+)  # fmt: skip
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+
+SIP_VERSION = "SIP/2.0"
+
+
+def canonical_name(name: str) -> str:
+    return CANONICAL.get(name.lower(), name)
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What `parse_message` accepts; see `twinline.config.Limits` for the reasons."""
+
+    max_message_size: int = 65535
+    max_headers: int = 100
+    max_line_length: int = 8192
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Message:
+    """Headers and body, shared by requests and responses.
+
+    `headers` is a list of ``(name, value)`` in wire order, names in canonical spelling
+    for known headers (so lookups compare strings, no lower-casing per lookup).
+    """
+
+    __slots__ = (
+        "body",
+        "branch",
+        "call_id",
+        "cseq",
+        "cseq_method",
+        "from_tag",
+        "headers",
+        "to_tag",
+    )
+
+    def __init__(self, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        self.headers = headers
+        self.body = body
+        # Filled by parse_message (and by the builders); see the module docstring.
+        self.call_id = ""
+        self.cseq = 0
+        self.cseq_method = ""
+        self.branch = ""
+        self.from_tag = ""
+        self.to_tag = ""
+
+    def get(self, name: str) -> str | None:
+        """The first value of a header, or None."""
+        key = CANONICAL.get(name.lower(), name)
+        for n, v in self.headers:
+            if n == key:
+                return v
+        if key is name and name.lower() not in CANONICAL:
+            low = name.lower()
+            for n, v in self.headers:
+                if n.lower() == low:
+                    return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        key = CANONICAL.get(name.lower(), name)
+        low = key.lower()
+        return [v for n, v in self.headers if n == key or n.lower() == low]
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of a header by one, where the first one was (else at the end)."""
+        key = canonical_name(name)
+        out: list[tuple[str, str]] = []
+        placed = False
+        for n, v in self.headers:
+            if n == key:
+                if not placed:
+                    out.append((key, value))
+                    placed = True
+            else:
+                out.append((n, v))
+        if not placed:
+            out.append((key, value))
+        self.headers = out
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.append((canonical_name(name), value))
+
+    def prepend(self, name: str, value: str) -> None:
+        self.headers.insert(0, (canonical_name(name), value))
+
+    def remove(self, name: str) -> None:
+        key = canonical_name(name)
+        self.headers = [(n, v) for n, v in self.headers if n != key]
+
+    def _head_lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialize; Content-Length is always written, from the body's real length."""
+        lines = self._head_lines()
+        for n, v in self.headers:
+            if n != "Content-Length":
+                lines.append(f"{n}: {v}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    def _head_lines(self) -> list[str]:
+        return [f"{self.method} {self.uri} {SIP_VERSION}"]
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri} call-id={self.call_id}>"
+
+
+class Response(Message):
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def _head_lines(self) -> list[str]:
+        return [f"{SIP_VERSION} {self.status} {self.reason}"]
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.cseq_method} call-id={self.call_id}>"
+
+
+# --- splitting helpers -------------------------------------------------------------
+
+
+def split_quoted(value: str, sep: str) -> list[str]:
+    """Split on `sep` outside double quotes (with backslash escapes) and angle brackets."""
+    if sep not in value:
+        return [value]
+    parts: list[str] = []
+    start = 0
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == sep and not angle:
+            parts.append(value[start:i])
+            start = i + 1
+        i += 1
+    parts.append(value[start:])
+    return parts
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """';name=value;flag' (leading ';' optional) -> {name (lower-cased): value or None}."""
+    params: dict[str, str | None] = {}
+    for part in split_quoted(text, ";"):
+        part = part.strip(" \t")
+        if not part:
+            continue
+        name, eq, val = part.partition("=")
+        params[name.strip(" \t").lower()] = val.strip(" \t") if eq else None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+# --- URIs (RFC 3261 19.1) ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SipUri:
+    scheme: str  # "sip", "sips" or "tel"
+    user: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str = ""  # the raw "?..." part, without the "?"
+    password: str | None = None
+
+    def __str__(self) -> str:
+        if self.scheme == "tel":
+            return f"tel:{self.user}{format_params(self.params)}"
+        userinfo = ""
+        if self.user:
+            userinfo = self.user
+            if self.password is not None:
+                userinfo += ":" + self.password
+            userinfo += "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None else ""
+        hdrs = f"?{self.headers}" if self.headers else ""
+        return f"{self.scheme}:{userinfo}{host}{port}{format_params(self.params)}{hdrs}"
+
+    @property
+    def transport(self) -> str:
+        t = self.params.get("transport")
+        return t.lower() if t else ("tls" if self.scheme == "sips" else "udp")
+
+
+_URI_SCHEMES = ("sip", "sips", "tel")
+
+
+def parse_uri(text: str) -> SipUri:
+    """Parse a sip:, sips: or tel: URI. Raises SipParseError (416 for other schemes)."""
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not colon or not scheme or not is_token(scheme):
+        raise SipParseError(f"Malformed URI {text[:40]!r}")
+    if scheme not in _URI_SCHEMES:
+        raise SipParseError(f"Unsupported URI scheme {scheme!r}", status=416)
+    if any(c in rest for c in " \t\r\n"):
+        raise SipParseError("Whitespace inside URI")
+    if scheme == "tel":
+        number, _, ptext = rest.partition(";")
+        if not number:
+            raise SipParseError("Empty tel URI")
+        return SipUri("tel", number, "", None, parse_params(ptext))
+    rest, _, hdrs = rest.partition("?")
+    user = ""
+    password: str | None = None
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user, pcolon, pw = userinfo.partition(":")
+        password = pw if pcolon else None
+        if not user:
+            raise SipParseError("Empty user part in URI")
+    hostport, _, ptext = rest.partition(";")
+    port: int | None = None
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise SipParseError("Malformed IPv6 reference in URI")
+        host = hostport[1:end]
+        tail = hostport[end + 1 :]
+        if tail:
+            if not tail.startswith(":"):
+                raise SipParseError("Malformed host in URI")
+            port = _parse_port(tail[1:])
+    else:
+        host, pcolon, ptext_port = hostport.partition(":")
+        if pcolon:
+            port = _parse_port(ptext_port)
+        if not host or not all(c.isalnum() or c in "-._" for c in host):
+            raise SipParseError(f"Malformed host in URI {text[:60]!r}")
+    return SipUri(scheme, user, host, port, parse_params(ptext), hdrs, password)
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SipParseError("Invalid port in URI")
+    return int(text)
+
+
+# --- name-addr (From, To, Contact, Route, Record-Route) ---------------------------------
+
+
+@dataclass(slots=True)
+class NameAddr:
+    display: str  # as written, quotes included; "" when absent
+    uri: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        display = f"{self.display} " if self.display else ""
+        return f"{display}<{self.uri}>{format_params(self.params)}"
+
+    @property
+    def tag(self) -> str:
+        return self.params.get("tag") or ""
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """Parse `name-addr` or `addr-spec` with header parameters (RFC 3261 20.10, 20.20)."""
+    value = value.strip(" \t")
+    # Find the '<' that is not inside a quoted display name.
+    i = 0
+    n = len(value)
+    lt = -1
+    while i < n:
+        c = value[i]
+        if c == '"':
+            i += 1
+            while i < n and value[i] != '"':
+                if value[i] == "\\":
+                    i += 1
+                i += 1
+            if i >= n:
+                raise SipParseError("Unterminated quoted string")
+        elif c == "<":
+            lt = i
+            break
+        i += 1
+    if lt >= 0:
+        gt = value.find(">", lt)
+        if gt < 0:
+            raise SipParseError("Missing '>' in address")
+        display = value[:lt].strip(" \t")
+        return NameAddr(display, value[lt + 1 : gt].strip(" \t"), parse_params(value[gt + 1 :]))
+    # addr-spec: parameters after the URI belong to the header (RFC 3261 20.10).
+    uri, _, ptext = value.partition(";")
+    if not uri or " " in uri.strip():
+        raise SipParseError("Malformed address")
+    return NameAddr("", uri.strip(), parse_params(ptext))
+
+
+# --- Via (RFC 3261 20.42) -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Via:
+    transport: str  # upper case: "UDP", "TCP"
+    host: str
+    port: int | None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str:
+        return self.params.get("branch") or ""
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None else ""
+        return f"SIP/2.0/{self.transport} {host}{port}{format_params(self.params)}"
+
+
+def parse_via(value: str) -> Via:
+    proto, _, rest = value.partition(";")
+    proto = proto.strip(" \t")
+    # sent-protocol allows LWS around the slashes: "SIP / 2.0 / UDP host"
+    slash2 = proto.rfind("/")
+    if slash2 < 0:
+        raise SipParseError("Malformed Via header")
+    tail = proto[slash2 + 1 :].lstrip(" \t")
+    head = proto[:slash2]
+    parts = [p.strip(" \t") for p in head.split("/")]
+    transport, _, sent_by = tail.partition(" ")
+    if not sent_by:
+        transport, _, sent_by = tail.partition("\t")
+    sent_by = sent_by.strip(" \t")
+    if len(parts) != 2 or parts[0].upper() != "SIP" or not transport or not sent_by:
+        raise SipParseError("Malformed Via header")
+    port: int | None = None
+    if sent_by.startswith("["):
+        end = sent_by.find("]")
+        if end < 0:
+            raise SipParseError("Malformed Via host")
+        host = sent_by[1:end]
+        tail_port = sent_by[end + 1 :].strip(" \t")
+        if tail_port.startswith(":"):
+            port = _via_port(tail_port[1:])
+    else:
+        host, colon, port_text = sent_by.partition(":")
+        host = host.strip(" \t")
+        if colon:
+            port = _via_port(port_text)
+        if not host or not all(c.isalnum() or c in "-._" for c in host):
+            raise SipParseError("Malformed Via host")
+    return Via(transport.upper(), host, port, parse_params(rest))
+
+
+def _via_port(text: str) -> int:
+    text = text.strip(" \t")
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SipParseError("Invalid port in Via header")
+    return int(text)
+
+
+def _param(value: str, name: str) -> str:
+    """The value of ';name=' in a header value, fast path for tags and branches."""
+    key = f";{name}="
+    i = value.find(key)
+    if i < 0:
+        low = value.lower()
+        i = low.find(key)
+        if i < 0:
+            # tolerate whitespace around ';' and '=' (RFC 3261 SEMI and EQUAL allow SWS)
+            for part in split_quoted(value, ";")[1:]:
+                k, eq, v = part.partition("=")
+                if eq and k.strip(" \t").lower() == name:
+                    return v.strip(" \t")
+            return ""
+    start = i + len(key)
+    end = start
+    n = len(value)
+    while end < n and value[end] not in "; \t,>":
+        end += 1
+    return value[start:end]
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def _split_head(head: str, limits: Limits) -> tuple[str, list[tuple[str, str]]]:
+    """Start line and header fields, folding undone, list headers split."""
+    lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
+    start_line = lines[0]
+    if len(start_line) > limits.max_line_length:
+        raise SipParseError("Request line too long")
+    headers: list[tuple[str, str]] = []
+    max_line = limits.max_line_length
+    for line in lines[1:]:
+        if len(line) > max_line:
+            raise SipParseError("Header line too long")
+        if not line:
+            continue
+        if line[0] in " \t":  # folded continuation of the previous header (RFC 3261 7.3.1)
+            if not headers:
+                raise SipParseError("Continuation line before any header")
+            n, v = headers[-1]
+            more = line.strip(" \t")
+            headers[-1] = (n, f"{v} {more}" if v else more)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError(f"Malformed header line {line[:30]!r}")
+        name = name.rstrip(" \t")
+        if not is_token(name):
+            raise SipParseError(f"Malformed header name {name[:30]!r}")
+        headers.append((CANONICAL.get(name.lower(), name), value.strip(" \t")))
+    if len(headers) > limits.max_headers:
+        raise SipParseError(f"Too many headers (limit {limits.max_headers})")
+    # Split comma-separated list headers into one entry per value.
+    if any(n in LIST_HEADERS and "," in v for n, v in headers):
+        split: list[tuple[str, str]] = []
+        for n, v in headers:
+            if n in LIST_HEADERS and "," in v:
+                split.extend((n, p.strip(" \t")) for p in split_quoted(v, ",") if p.strip(" \t"))
+            else:
+                split.append((n, v))
+        headers = split
+        if len(headers) > limits.max_headers:
+            raise SipParseError(f"Too many headers (limit {limits.max_headers})")
+    return start_line, headers
+
+
+def parse_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, *, stream: bool = False
+) -> Request | Response:
+    """Parse one message.
+
+    Raises `SipParseError`. When the error is in a request whose Via, From, To, Call-ID
+    and CSeq could be read, `error.request` holds it so that the caller can answer
+    with `error.status`; otherwise the message cannot be answered and is dropped.
+
+    `stream` says the bytes were framed by Content-Length already (TCP), so a body
+    shorter than Content-Length cannot happen and a longer one is not truncated.
+    """
+    if len(data) > limits.max_message_size:
+        raise SipParseError("Message Too Large", status=513)
+    sep = data.find(b"\r\n\r\n")
+    if sep >= 0:
+        head_bytes, body = data[:sep], data[sep + 4 :]
+    else:
+        lf = data.find(b"\n\n")
+        if lf >= 0:
+            head_bytes, body = data[:lf], data[lf + 2 :]
+        else:
+            head_bytes, body = data.rstrip(b"\r\n"), b""
+    head = head_bytes.decode("utf-8", "surrogateescape")
+    if not head:
+        raise SipParseError("Empty message")
+    start_line, headers = _split_head(head, limits)
+
+    if start_line.startswith(SIP_VERSION + " ") or start_line.upper().startswith("SIP/"):
+        msg: Request | Response = _response_from(start_line, headers, body)
+    else:
+        msg = _request_from(start_line, headers, body)
+    try:
+        _fill_common(msg, stream)
+    except SipParseError as e:
+        if isinstance(msg, Request) and e.request is None and _answerable(msg):
+            e.request = msg
+        raise
+    return msg
+
+
+def _request_from(start_line: str, headers: list[tuple[str, str]], body: bytes) -> Request:
+    parts = start_line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        # Still build the request so that the error can be answered if possible.
+        method = parts[0] if parts and is_token(parts[0]) else ""
+        req = Request(method, "", headers, body)
+        err = SipParseError("Malformed Request-Line")
+        if method:
+            _try_fill(req)
+            if _answerable(req):
+                err.request = req
+        raise err
+    method, uri, version = parts
+    if not is_token(method):
+        raise SipParseError("Malformed method")
+    req = Request(method, uri, headers, body)
+    if version != SIP_VERSION:
+        err = SipParseError("Version Not Supported", status=505)
+        if version.upper().startswith("SIP/"):
+            _try_fill(req)
+            if _answerable(req):
+                err.request = req
+        raise err
+    return req
+
+
+def _response_from(start_line: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+    version, _, rest = start_line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version != SIP_VERSION:
+        raise SipParseError("Unsupported SIP version in response")
+    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        raise SipParseError("Malformed status code")
+    return Response(int(code), reason, headers, body)
+
+
+def _answerable(req: Request) -> bool:
+    """Can a response be built (RFC 3261 8.2.6.2 copies these)?"""
+    return bool(req.get("Via") and req.get("From") and req.get("To") and req.get("Call-ID"))
+
+
+def _try_fill(req: Request) -> None:
+    try:
+        _fill_common(req, False)
+    except SipParseError:
+        pass
+
+
+def _fill_common(msg: Request | Response, stream: bool) -> None:
+    call_id = cseq_text = from_v = to_v = via_v = None
+    clen_values: list[str] = []
+    for n, v in msg.headers:
+        if n == "Call-ID":
+            if call_id is None:
+                call_id = v
+        elif n == "CSeq":
+            if cseq_text is not None and cseq_text != v:
+                raise SipParseError("More than one CSeq header")
+            cseq_text = v
+        elif n == "From":
+            if from_v is not None:
+                raise SipParseError("More than one From header")
+            from_v = v
+        elif n == "To":
+            if to_v is not None:
+                raise SipParseError("More than one To header")
+            to_v = v
+        elif n == "Via":
+            if via_v is None:
+                via_v = v
+        elif n == "Content-Length":
+            clen_values.append(v)
+    if via_v is None:
+        raise SipParseError("Missing Via header")
+    if from_v is None:
+        raise SipParseError("Missing From header")
+    if to_v is None:
+        raise SipParseError("Missing To header")
+    if not call_id:
+        raise SipParseError("Missing Call-ID header")
+    if cseq_text is None:
+        raise SipParseError("Missing CSeq header")
+    msg.call_id = call_id
+    msg.from_tag = _param(from_v, "tag")
+    msg.to_tag = _param(to_v, "tag")
+    msg.branch = _param(via_v, "branch")
+    num, _, method = cseq_text.partition(" ")
+    method = method.strip(" \t")
+    if not num.isdigit() or len(num) > 10 or int(num) >= 2**31:
+        raise SipParseError("Invalid CSeq number")
+    if not is_token(method):
+        raise SipParseError("Invalid CSeq method")
+    msg.cseq = int(num)
+    msg.cseq_method = method
+    if isinstance(msg, Request):
+        if method != msg.method:
+            raise SipParseError("CSeq method does not match the request method")
+        if not msg.uri:
+            raise SipParseError("Missing Request-URI")
+        parse_uri(msg.uri)  # validates; 416 for unknown schemes
+        mf = msg.get("Max-Forwards")
+        if mf is not None and (not mf.isdigit() or int(mf) > 255):
+            raise SipParseError("Invalid Max-Forwards")
+        # The addresses must be readable for a dialog to be built on them.
+        parse_name_addr(from_v)
+        parse_name_addr(to_v)
+        parse_via(via_v)
+    if clen_values:
+        if len(set(clen_values)) > 1:
+            raise SipParseError("Conflicting Content-Length headers")
+        text = clen_values[0]
+        if not text.isdigit():
+            raise SipParseError("Invalid Content-Length")
+        length = int(text)
+        if length > len(msg.body):
+            raise SipParseError("Content-Length larger than the message body")
+        if length < len(msg.body) and not stream:
+            # RFC 3261 18.3: on a datagram, octets past Content-Length are discarded.
+            msg.body = msg.body[:length]
+    elif stream:
+        raise SipParseError("Missing Content-Length on a stream transport")
+
+
+# --- stream framing (RFC 3261 18.3) ------------------------------------------------------
+
+
+class StreamFramer:
+    """Cut a TCP byte stream into messages by Content-Length.
+
+    `feed` returns complete frames (bytes of one message each). A header block that
+    outgrows `limits.max_message_size` without ending, or a frame whose headers give no
+    usable Content-Length, raises SipParseError: the stream can no longer be framed and
+    the connection must be closed.
+    """
+
+    __slots__ = ("_buf", "_limits")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._buf = bytearray()
+        self._limits = limits
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        while buf:
+            # Keep-alive CRLFs between messages (RFC 5626 4.4.1) are skipped.
+            if buf[0] in (13, 10):
+                stripped = buf.lstrip(b"\r\n")
+                del buf[: len(buf) - len(stripped)]
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self._limits.max_message_size:
+                    raise SipParseError("Message Too Large", status=513)
+                break
+            length = _content_length(bytes(buf[:end]))
+            total = end + 4 + length
+            if total > self._limits.max_message_size:
+                raise SipParseError("Message Too Large", status=513)
+            if len(buf) < total:
+                break
+            frames.append(bytes(buf[:total]))
+            del buf[:total]
+        return frames
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit():
+                raise SipParseError("Invalid Content-Length")
+            return int(value)
+    raise SipParseError("Missing Content-Length on a stream transport")
+
+
+# --- building messages --------------------------------------------------------------------
+
+
+def new_tag() -> str:
+    return f"{random.getrandbits(48):012x}"
+
+
+def new_branch() -> str:
+    return f"z9hG4bK{random.getrandbits(64):016x}"
+
+
+def new_call_id(host: str) -> str:
+    return f"{random.getrandbits(96):024x}@{host}"
+
+
+def response_to(
+    req: Request,
+    status: int,
+    reason: str,
+    *,
+    to_tag: str = "",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> Response:
+    """A response to `req` (RFC 3261 8.2.6.2): Via, From, To, Call-ID and CSeq copied."""
+    copied: list[tuple[str, str]] = []
+    for n, v in req.headers:
+        if n in ("Via", "From", "Call-ID", "CSeq"):
+            copied.append((n, v))
+        elif n == "To":
+            if to_tag and not req.to_tag and status != 100:
+                v = f"{v};tag={to_tag}"
+            copied.append((n, v))
+    if headers:
+        copied.extend(headers)
+    resp = Response(status, reason, copied, body)
+    resp.call_id = req.call_id
+    resp.cseq = req.cseq
+    resp.cseq_method = req.cseq_method
+    resp.branch = req.branch
+    resp.from_tag = req.from_tag
+    resp.to_tag = req.to_tag or (to_tag if status != 100 else "")
+    return resp

@@ -28,7 +28,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     pass
 
 
-class Limits(_Section):
+class Limits(_Section, frozen=True):
     """Bounds on what the switch accepts from the network (RFC 3261 leaves them to us)."""
 
     # A UDP datagram cannot exceed 65,535 bytes; a stream message gets the same bound
@@ -40,7 +40,7 @@ class Limits(_Section):
     max_line_length: int = 8192
 
 
-class Timers(_Section):
+class Timers(_Section, frozen=True):
     """RFC 3261 timer base values, in seconds (section 17.1.1.1)."""
 
     t1: float = 0.5
@@ -48,7 +48,7 @@ class Timers(_Section):
     t4: float = 5.0
 
 
-class SwitchConfig(_Section):
+class SwitchConfig(_Section, frozen=True):
     # Where the switch takes SIP: "udp:HOST:PORT" or "tcp:HOST:PORT"; IPv6 as "udp:[::1]:5060".
     listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060"])
     # The host name or address the switch puts in Via, Contact and Record-Route;
@@ -65,14 +65,14 @@ class SwitchConfig(_Section):
     timers: Timers = msgspec.field(default_factory=Timers)
 
 
-class User(_Section):
+class User(_Section, frozen=True):
     """A phone that registers: its user name and digest password."""
 
     name: str
     password: str
 
 
-class Route(_Section):
+class Route(_Section, frozen=True):
     """A static route: dialled numbers starting with `prefix` go to `target`."""
 
     prefix: str
@@ -82,7 +82,7 @@ class Route(_Section):
     add: str = ""  # digits put in front after stripping
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     switch: SwitchConfig = msgspec.field(default_factory=SwitchConfig)
     users: list[User] = msgspec.field(default_factory=list)
     routes: list[Route] = msgspec.field(default_factory=list)

@@ -87,6 +87,39 @@ def is_token(text: str) -> bool:
     return bool(text) and all(c in _TOKEN_CHARS for c in text)
 
 
+# hostname / IPv4address (RFC 3261 25.1), ASCII only: str.isalnum() would let Unicode in.
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+
+
+def _is_host(host: str) -> bool:
+    return bool(host) and all(c in _HOST_CHARS for c in host)
+
+
+def _is_ipv6(host: str) -> bool:
+    return ":" in host and all(c in _IPV6_CHARS for c in host)
+
+
+def _decimal(text: str, limit: int) -> int:
+    """The value of a string of ASCII digits, or -1 if it is not one.
+
+    Values above `limit` come back as ``limit + 1`` without building the huge int a
+    hostile peer asked for (int() refuses more than 4300 digits with a ValueError, and
+    str.isdigit() alone accepts digits such as '²' that int() rejects).
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        return -1
+    digits = text.lstrip("0")
+    if len(digits) > len(str(limit)):
+        return limit + 1
+    return min(int(digits or "0"), limit + 1)
+
+
+def _show(text: str, width: int = 32) -> str:
+    """A short excerpt of input to name in a reason phrase (SipParseError sanitizes it)."""
+    return text if len(text) <= width else text[:width] + "..."
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What `parse_message` accepts; see `twinline.config.Limits` for the reasons."""
@@ -255,15 +288,28 @@ def split_quoted(value: str, sep: str) -> list[str]:
     return parts
 
 
-def parse_params(text: str) -> dict[str, str | None]:
-    """';name=value;flag' (leading ';' optional) -> {name (lower-cased): value or None}."""
+def parse_params(text: str, where: str = "") -> dict[str, str | None]:
+    """';name=value;flag' (leading ';' optional) -> {name (lower-cased): value or None}.
+
+    An empty parameter (';;', or '=value' without a name) is an error: the grammar has
+    none (RFC 3261 25.1 ``*( SEMI param )``, RFC 4475 3.1.2.1). One trailing ';' is
+    tolerated, as some phones send it. Callers pass the text with its leading ';' so
+    that "host;;" is told from "host;". `where` ends the reason phrase (" in Via header").
+    """
+    if not text.strip(" \t"):
+        return {}
     params: dict[str, str | None] = {}
-    for part in split_quoted(text, ";"):
-        part = part.strip(" \t")
-        if not part:
-            continue
+    parts = split_quoted(text, ";")
+    if not parts[0].strip(" \t"):
+        del parts[0]  # the leading ';'
+    if parts and not parts[-1].strip(" \t"):
+        del parts[-1]  # one trailing ';'
+    for part in parts:
         name, eq, val = part.partition("=")
-        params[name.strip(" \t").lower()] = val.strip(" \t") if eq else None
+        name = name.strip(" \t")
+        if not name:
+            raise SipParseError(f"Empty parameter{where}")
+        params[name.lower()] = val.strip(" \t") if eq else None
     return params
 
 
@@ -312,33 +358,40 @@ def parse_uri(text: str) -> SipUri:
     scheme, colon, rest = text.partition(":")
     scheme = scheme.lower()
     if not colon or not scheme or not is_token(scheme):
-        raise SipParseError(f"Malformed URI {text[:40]!r}")
+        raise SipParseError(f"Malformed URI {_show(text)}")
     if scheme not in _URI_SCHEMES:
-        raise SipParseError(f"Unsupported URI scheme {scheme!r}", status=416)
-    if any(c in rest for c in " \t\r\n"):
+        raise SipParseError(f"Unsupported URI scheme {_show(scheme)}", status=416)
+    if " " in rest or "\t" in rest:
         raise SipParseError("Whitespace inside URI")
+    # Everything else outside printable ASCII must be %-escaped (RFC 3261 19.1.2).
+    if not (rest.isascii() and rest.isprintable()):
+        raise SipParseError("Invalid character in URI")
     if scheme == "tel":
-        number, _, ptext = rest.partition(";")
+        number, semi, ptext = rest.partition(";")
         if not number:
             raise SipParseError("Empty tel URI")
-        return SipUri("tel", number, "", None, parse_params(ptext))
-    rest, _, hdrs = rest.partition("?")
+        return SipUri("tel", number, "", None, parse_params(semi + ptext, " in URI"))
     user = ""
     password: str | None = None
-    at = rest.rfind("@")
+    # userinfo ends at the first '@': user and password may hold ';', '?', '/' and ','
+    # (user-unreserved, RFC 4475 3.1.1.2) but never an unescaped '@'.
+    at = rest.find("@")
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
         user, pcolon, pw = userinfo.partition(":")
         password = pw if pcolon else None
         if not user:
             raise SipParseError("Empty user part in URI")
-    hostport, _, ptext = rest.partition(";")
+    rest, _, hdrs = rest.partition("?")
+    hostport, semi, ptext = rest.partition(";")
     port: int | None = None
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
             raise SipParseError("Malformed IPv6 reference in URI")
         host = hostport[1:end]
+        if not _is_ipv6(host):
+            raise SipParseError("Malformed IPv6 reference in URI")
         tail = hostport[end + 1 :]
         if tail:
             if not tail.startswith(":"):
@@ -348,15 +401,16 @@ def parse_uri(text: str) -> SipUri:
         host, pcolon, ptext_port = hostport.partition(":")
         if pcolon:
             port = _parse_port(ptext_port)
-        if not host or not all(c.isalnum() or c in "-._" for c in host):
-            raise SipParseError(f"Malformed host in URI {text[:60]!r}")
-    return SipUri(scheme, user, host, port, parse_params(ptext), hdrs, password)
+        if not _is_host(host):
+            raise SipParseError("Malformed host in URI")
+    return SipUri(scheme, user, host, port, parse_params(semi + ptext, " in URI"), hdrs, password)
 
 
 def _parse_port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    port = _decimal(text, 65535)
+    if port <= 0 or port > 65535:
         raise SipParseError("Invalid port in URI")
-    return int(text)
+    return port
 
 
 # --- name-addr (From, To, Contact, Route, Record-Route) ---------------------------------
@@ -384,6 +438,7 @@ def parse_name_addr(value: str) -> NameAddr:
     i = 0
     n = len(value)
     lt = -1
+    quote_end = -1  # where the first quoted string closes
     while i < n:
         c = value[i]
         if c == '"':
@@ -394,6 +449,8 @@ def parse_name_addr(value: str) -> NameAddr:
                 i += 1
             if i >= n:
                 raise SipParseError("Unterminated quoted string")
+            if quote_end < 0:
+                quote_end = i
         elif c == "<":
             lt = i
             break
@@ -402,13 +459,38 @@ def parse_name_addr(value: str) -> NameAddr:
         gt = value.find(">", lt)
         if gt < 0:
             raise SipParseError("Missing '>' in address")
-        display = value[:lt].strip(" \t")
-        return NameAddr(display, value[lt + 1 : gt].strip(" \t"), parse_params(value[gt + 1 :]))
-    # addr-spec: parameters after the URI belong to the header (RFC 3261 20.10).
-    uri, _, ptext = value.partition(";")
-    if not uri or " " in uri.strip():
+        display = value[:lt].rstrip(" \t")
+        if display and not _is_display_name(display, quote_end):
+            raise SipParseError("Malformed display name")
+        ptext = value[gt + 1 :]
+        if ptext.strip(" \t") and ptext.lstrip(" \t")[0] != ";":
+            raise SipParseError("Junk after address")
+        # LWS inside the brackets is tolerated (RFC 4475 3.1.2.14 allows that liberty).
+        uri = value[lt + 1 : gt].strip(" \t")
+        if not uri:
+            raise SipParseError("Empty URI in address")
+        return NameAddr(display, uri, parse_params(ptext))
+    # addr-spec: parameters after the URI belong to the header (RFC 3261 20.10), and a
+    # URI with ',', '?' or ';' of its own must be in name-addr form (RFC 4475 3.1.2.13).
+    uri, semi, ptext = value.partition(";")
+    uri = uri.rstrip(" \t")
+    if not uri or " " in uri or "\t" in uri or '"' in uri:
         raise SipParseError("Malformed address")
-    return NameAddr("", uri.strip(), parse_params(ptext))
+    if "?" in uri or "," in uri:
+        raise SipParseError("URI with headers not in angle brackets")
+    return NameAddr("", uri, parse_params(semi + ptext))
+
+
+def _is_display_name(display: str, quote_end: int) -> bool:
+    """``display-name = *(token LWS) / quoted-string`` (RFC 3261 25.1).
+
+    `quote_end` is where the first quoted string closed (display has no leading LWS).
+    Unquoted non-ASCII (UTF-8) is tolerated, as phones send it, but not the ASCII
+    separators that change how the header reads (',', ';', '@', ...; RFC 4475 3.1.2.15).
+    """
+    if display[0] == '"':
+        return quote_end == len(display) - 1
+    return all(c in _TOKEN_CHARS or c in " \t" or c > "\x7f" for c in display)
 
 
 # --- Via (RFC 3261 20.42) -----------------------------------------------------------------
@@ -432,7 +514,8 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
-    proto, _, rest = value.partition(";")
+    """Parse one via-parm (RFC 3261 20.42); list splitting happened at parse time."""
+    proto, semi, rest = value.partition(";")
     proto = proto.strip(" \t")
     # sent-protocol allows LWS around the slashes: "SIP / 2.0 / UDP host"
     slash2 = proto.rfind("/")
@@ -441,52 +524,61 @@ def parse_via(value: str) -> Via:
     tail = proto[slash2 + 1 :].lstrip(" \t")
     head = proto[:slash2]
     parts = [p.strip(" \t") for p in head.split("/")]
-    transport, _, sent_by = tail.partition(" ")
-    if not sent_by:
-        transport, _, sent_by = tail.partition("\t")
+    transport, _, sent_by = tail.replace("\t", " ").partition(" ")
     sent_by = sent_by.strip(" \t")
-    if len(parts) != 2 or parts[0].upper() != "SIP" or not transport or not sent_by:
+    if (
+        len(parts) != 2
+        or parts[0].upper() != "SIP"
+        or not is_token(parts[1])
+        or not is_token(transport)
+        or not sent_by
+    ):
         raise SipParseError("Malformed Via header")
     port: int | None = None
     if sent_by.startswith("["):
         end = sent_by.find("]")
-        if end < 0:
-            raise SipParseError("Malformed Via host")
         host = sent_by[1:end]
-        tail_port = sent_by[end + 1 :].strip(" \t")
-        if tail_port.startswith(":"):
+        if end < 0 or not _is_ipv6(host):
+            raise SipParseError("Malformed Via host")
+        tail_port = sent_by[end + 1 :].lstrip(" \t")
+        if tail_port:
+            if tail_port[0] != ":":
+                raise SipParseError("Malformed Via host")
             port = _via_port(tail_port[1:])
     else:
         host, colon, port_text = sent_by.partition(":")
-        host = host.strip(" \t")
+        host = host.rstrip(" \t")
         if colon:
             port = _via_port(port_text)
-        if not host or not all(c.isalnum() or c in "-._" for c in host):
+        if not _is_host(host):
             raise SipParseError("Malformed Via host")
-    return Via(transport.upper(), host, port, parse_params(rest))
+    return Via(transport.upper(), host, port, parse_params(semi + rest, " in Via header"))
 
 
 def _via_port(text: str) -> int:
-    text = text.strip(" \t")
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    port = _decimal(text.strip(" \t"), 65535)
+    if port <= 0 or port > 65535:
         raise SipParseError("Invalid port in Via header")
-    return int(text)
+    return port
 
 
 def _param(value: str, name: str) -> str:
-    """The value of ';name=' in a header value, fast path for tags and branches."""
+    """The value of header parameter `name` (lower case) in From, To or Via.
+
+    Fast path for tags and branches: a plain search for ';name=' after the '>' that
+    closes a bracketed URI (a URI may carry a ';tag=' parameter of its own). Values with
+    quotes, or with whitespace around ';' and '=' (SEMI and EQUAL allow SWS), take the
+    slow path that splits outside quotes and brackets.
+    """
     key = f";{name}="
-    i = value.find(key)
+    if '"' in value:
+        return _param_slow(value, name)
+    after = value.find(">") + 1
+    i = value.find(key, after)
     if i < 0:
-        low = value.lower()
-        i = low.find(key)
+        i = value.lower().find(key, after)
         if i < 0:
-            # tolerate whitespace around ';' and '=' (RFC 3261 SEMI and EQUAL allow SWS)
-            for part in split_quoted(value, ";")[1:]:
-                k, eq, v = part.partition("=")
-                if eq and k.strip(" \t").lower() == name:
-                    return v.strip(" \t")
-            return ""
+            return _param_slow(value, name)
     start = i + len(key)
     end = start
     n = len(value)
@@ -495,39 +587,64 @@ def _param(value: str, name: str) -> str:
     return value[start:end]
 
 
+def _param_slow(value: str, name: str) -> str:
+    for part in split_quoted(value, ";")[1:]:
+        k, eq, v = part.partition("=")
+        if eq and k.strip(" \t").lower() == name:
+            return v.strip(" \t")
+    return ""
+
+
 # --- parsing -----------------------------------------------------------------------------
 
 
-def _split_head(head: str, limits: Limits) -> tuple[str, list[tuple[str, str]]]:
-    """Start line and header fields, folding undone, list headers split."""
-    lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
+def _split_head(
+    head: str, limits: Limits
+) -> tuple[str, list[tuple[str, str]], SipParseError | None]:
+    """Start line and header fields, folding undone, list headers split.
+
+    A bad header line does not stop the scan: it is skipped and the first such error
+    is returned with the headers that could be read, so that a request can still be
+    answered with 400 (RFC 3261 8.2.6: the response copies Via, From, To, Call-ID, CSeq).
+    """
+    if "\r\n" in head:
+        lines = head.split("\r\n")
+        # A lone CR or LF would survive into a header value and be forwarded, where a
+        # lenient parser downstream takes it for a line end: header injection.
+        if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
+            raise SipParseError("Bare CR or LF in header")
+    else:
+        lines = head.split("\n")  # tolerated: LF-only line ends
+        if "\r" in head:
+            raise SipParseError("Bare CR or LF in header")
     start_line = lines[0]
-    if len(start_line) > limits.max_line_length:
-        raise SipParseError("Request line too long")
-    headers: list[tuple[str, str]] = []
     max_line = limits.max_line_length
+    if len(start_line) > max_line:
+        raise SipParseError("Start line too long")
+    headers: list[tuple[str, str]] = []
+    error: SipParseError | None = None
     for line in lines[1:]:
         if len(line) > max_line:
-            raise SipParseError("Header line too long")
+            error = error or SipParseError("Header line too long")
+            continue
         if not line:
             continue
         if line[0] in " \t":  # folded continuation of the previous header (RFC 3261 7.3.1)
-            if not headers:
-                raise SipParseError("Continuation line before any header")
-            n, v = headers[-1]
             more = line.strip(" \t")
-            headers[-1] = (n, f"{v} {more}" if v else more)
+            if not headers:
+                error = error or SipParseError("Continuation line before any header")
+            elif more:
+                n, v = headers[-1]
+                headers[-1] = (n, f"{v} {more}" if v else more)
             continue
         name, colon, value = line.partition(":")
-        if not colon:
-            raise SipParseError(f"Malformed header line {line[:30]!r}")
         name = name.rstrip(" \t")
-        if not is_token(name):
-            raise SipParseError(f"Malformed header name {name[:30]!r}")
+        if not colon or not is_token(name):
+            error = error or SipParseError(f"Malformed header line {_show(line)}")
+            continue
         headers.append((CANONICAL.get(name.lower(), name), value.strip(" \t")))
-    if len(headers) > limits.max_headers:
-        raise SipParseError(f"Too many headers (limit {limits.max_headers})")
-    # Split comma-separated list headers into one entry per value.
+    # Split comma-separated list headers into one entry per value. Empty elements
+    # ("a,,b", a trailing ',') are dropped: harmless, and some phones send them.
     if any(n in LIST_HEADERS and "," in v for n, v in headers):
         split: list[tuple[str, str]] = []
         for n, v in headers:
@@ -536,9 +653,9 @@ def _split_head(head: str, limits: Limits) -> tuple[str, list[tuple[str, str]]]:
             else:
                 split.append((n, v))
         headers = split
-        if len(headers) > limits.max_headers:
-            raise SipParseError(f"Too many headers (limit {limits.max_headers})")
-    return start_line, headers
+    if len(headers) > limits.max_headers:
+        error = error or SipParseError(f"Too many headers (limit {limits.max_headers})")
+    return start_line, headers, error
 
 
 def parse_message(
@@ -555,25 +672,35 @@ def parse_message(
     """
     if len(data) > limits.max_message_size:
         raise SipParseError("Message Too Large", status=513)
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")  # CRLFs before the start line are ignored (RFC 3261 7.5)
+    # The head ends at the first empty line; LF-only line ends are tolerated.
     sep = data.find(b"\r\n\r\n")
-    if sep >= 0:
+    lf = data.find(b"\n\n", 0, sep if sep >= 0 else len(data))
+    if lf >= 0:
+        head_bytes, body = data[:lf], data[lf + 2 :]
+    elif sep >= 0:
         head_bytes, body = data[:sep], data[sep + 4 :]
     else:
-        lf = data.find(b"\n\n")
-        if lf >= 0:
-            head_bytes, body = data[:lf], data[lf + 2 :]
-        else:
-            head_bytes, body = data.rstrip(b"\r\n"), b""
-    head = head_bytes.decode("utf-8", "surrogateescape")
-    if not head:
+        head_bytes, body = data.rstrip(b"\r\n"), b""
+    if not head_bytes:
         raise SipParseError("Empty message")
-    start_line, headers = _split_head(head, limits)
+    nul_error = None
+    if b"\x00" in head_bytes and not _nuls_quoted(head_bytes):
+        nul_error = SipParseError("NUL character in header")
+    head = head_bytes.decode("utf-8", "surrogateescape")
+    start_line, headers, head_error = _split_head(head, limits)
+    head_error = nul_error or head_error
 
     if start_line.startswith(SIP_VERSION + " ") or start_line.upper().startswith("SIP/"):
         msg: Request | Response = _response_from(start_line, headers, body)
     else:
         msg = _request_from(start_line, headers, body)
     try:
+        if head_error is not None:
+            if isinstance(msg, Request):
+                _try_fill(msg)
+            raise head_error
         _fill_common(msg, stream)
     except SipParseError as e:
         if isinstance(msg, Request) and e.request is None and _answerable(msg):
@@ -582,9 +709,26 @@ def parse_message(
     return msg
 
 
+def _nuls_quoted(head: bytes) -> bool:
+    """Is every NUL in the head part of a quoted-pair (RFC 3261 25.1, RFC 4475 3.1.1.2)?
+
+    Anywhere else a NUL is refused: C code downstream would cut the value there.
+    """
+    i = head.find(b"\x00")
+    while i >= 0:
+        if i == 0 or head[i - 1] != 0x5C:  # backslash
+            return False
+        i = head.find(b"\x00", i + 1)
+    return True
+
+
 def _request_from(start_line: str, headers: list[tuple[str, str]], body: bytes) -> Request:
     parts = start_line.split(" ")
     if len(parts) != 3 or not all(parts):
+        # Extra SP between the elements or after the version is tolerated (RFC 4475
+        # 3.1.2.9 and 3.1.2.10 allow it); to_bytes writes the line back clean.
+        parts = [p for p in parts if p]
+    if len(parts) != 3:
         # Still build the request so that the error can be answered if possible.
         method = parts[0] if parts and is_token(parts[0]) else ""
         req = Request(method, "", headers, body)
@@ -613,9 +757,10 @@ def _response_from(start_line: str, headers: list[tuple[str, str]], body: bytes)
     code, _, reason = rest.partition(" ")
     if version != SIP_VERSION:
         raise SipParseError("Unsupported SIP version in response")
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    status = _decimal(code, 699) if len(code) == 3 else -1
+    if not 100 <= status <= 699:
         raise SipParseError("Malformed status code")
-    return Response(int(code), reason, headers, body)
+    return Response(status, reason, headers, body)
 
 
 def _answerable(req: Request) -> bool:

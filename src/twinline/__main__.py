@@ -1,0 +1,3 @@
+from twinline.cli import main
+
+main()

@@ -1,0 +1,191 @@
+"""asyncio transports for SIP: UDP endpoints, TCP listeners and connections.
+
+The thin edge between sockets and a sans-IO core. Inbound, every datagram or framed
+stream message goes to `deliver(data, source, stream)`; outbound, `send(address,
+data)` picks the UDP socket of the address's family or the TCP connection to that
+address (opening one when there is none, queueing until it is up). A connection that
+cannot be opened or framed is reported to `failed(address)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+
+from twinline.sip.errors import SipParseError
+from twinline.sip.message import Limits, StreamFramer
+from twinline.sip.transaction import Address
+
+log = logging.getLogger("twinline.sip.transport")
+
+Deliver = Callable[[bytes, Address, bool], None]
+Failed = Callable[[Address], None]
+
+# Room for bursts of datagrams while the loop is busy: at 100 calls/s a call's 7
+# messages per leg arrive well within the default, but a load test's bursts do not.
+UDP_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _family(host: str) -> int:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, owner: SipTransports) -> None:
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not a subclass of asyncio's, only alike.
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER_BYTES)
+                except OSError:
+                    pass
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.owner.deliver(data, ("udp", str(addr[0]), int(addr[1])), False)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like; the transaction timers handle the loss.
+        self.owner.udp_errors += 1
+
+
+class _Tcp(asyncio.Protocol):
+    def __init__(self, owner: SipTransports, remote: tuple[str, int] | None = None) -> None:
+        self.owner = owner
+        self.framer = StreamFramer(owner.limits)
+        self.transport: asyncio.Transport | None = None
+        self.remote = remote
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.remote is None:
+            peer = transport.get_extra_info("peername")
+            self.remote = (str(peer[0]), int(peer[1]))
+        self.owner.tcp[self.remote] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except SipParseError as e:
+            # The stream cannot be cut into messages any more: nothing after this
+            # point can be trusted, so the connection goes.
+            log.warning("closing TCP connection from %s: %s", self.remote, e.reason)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        assert self.remote is not None
+        source = ("tcp", self.remote[0], self.remote[1])
+        for frame in frames:
+            self.owner.deliver(frame, source, True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.remote is not None and self.owner.tcp.get(self.remote) is self:
+            del self.owner.tcp[self.remote]
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class SipTransports:
+    def __init__(self, deliver: Deliver, failed: Failed, limits: Limits) -> None:
+        self.deliver = deliver
+        self.failed = failed
+        self.limits = limits
+        self.udp: dict[int, _Udp] = {}  # by address family
+        self.tcp: dict[tuple[str, int], _Tcp] = {}  # by remote address
+        self.servers: list[asyncio.Server] = []
+        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._resolved: dict[str, str] = {}
+        self.udp_errors = 0
+
+    async def listen(self, transport: str, host: str, port: int) -> tuple[str, int]:
+        """Start a listener; returns the address it is bound to (port 0 picks one)."""
+        loop = asyncio.get_running_loop()
+        if transport == "udp":
+            transport_, proto = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, port), family=_family(host)
+            )
+            proto.transport = transport_
+            bound = transport_.get_extra_info("sockname")
+            self.udp.setdefault(_family(host), proto)
+        else:
+            server = await loop.create_server(
+                lambda: _Tcp(self), host=host, port=port, family=_family(host), reuse_address=True
+            )
+            self.servers.append(server)
+            bound = server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    def send(self, address: Address, data: bytes) -> None:
+        transport, host, port = address
+        host = self._resolve(host)
+        if transport == "udp":
+            udp = self.udp.get(_family(host))
+            if udp is None or udp.transport is None:
+                self.failed(address)
+                return
+            udp.transport.sendto(data, (host, port))
+            return
+        conn = self.tcp.get((host, port))
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.send(data)
+            return
+        pending = self._connecting.get((host, port))
+        if pending is not None:
+            pending.append(data)
+            return
+        self._connecting[(host, port)] = [data]
+        asyncio.get_running_loop().create_task(self._connect(address, host, port))
+
+    async def _connect(self, address: Address, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Tcp(self, (host, port)), host, port), timeout=5.0
+            )
+        except (OSError, TimeoutError) as e:
+            log.warning("cannot connect to %s:%s over TCP: %s", host, port, e)
+            self._connecting.pop((host, port), None)
+            self.failed(address)
+            return
+        for data in self._connecting.pop((host, port), []):
+            proto.send(data)
+
+    def _resolve(self, host: str) -> str:
+        """Names are resolved once and cached: route targets and contacts are few and
+        stable, and a resolver call per message would block the loop."""
+        cached = self._resolved.get(host)
+        if cached is not None:
+            return cached
+        try:
+            ipaddress.ip_address(host)
+            result = host
+        except ValueError:
+            try:
+                result = str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)[0][4][0])
+            except OSError:
+                result = host
+        self._resolved[host] = result
+        return result
+
+    def close(self) -> None:
+        for udp in self.udp.values():
+            if udp.transport is not None:
+                udp.transport.close()
+        for server in self.servers:
+            server.close()
+        for conn in list(self.tcp.values()):
+            if conn.transport is not None:
+                conn.transport.close()

@@ -1,0 +1,704 @@
+"""The switch's core: a back-to-back user agent over the transaction layer, sans-IO.
+
+`SwitchCore.receive(data, source, now)` takes the bytes of one datagram or stream frame;
+everything the switch sends leaves through the `send(address, bytes)` callable it was
+built with; deadlines sit in its `TimerHeap`. No sockets, no clock, no logging on
+the per-message path: counters in `stats` say what happened.
+
+Each call has an A-leg (the switch is the caller's UAS) and a B-leg (the switch is the
+callee's UAC). The switch does the SIP work itself (100 Trying, relaying provisional
+and final responses in the order they arrive, ACKs, CANCEL, BYE, in-dialog requests
+passed through, SDP untouched) and asks its `CallControl` only at decision points.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+from typing import Protocol
+
+from twinline.sip.errors import SipParseError
+from twinline.sip.message import (
+    Limits,
+    Request,
+    Response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_message,
+    parse_name_addr,
+    parse_uri,
+    response_to,
+)
+from twinline.sip.transaction import (
+    Address,
+    ClientInviteTransaction,
+    ClientTransaction,
+    Failure,
+    Send,
+    ServerInviteTransaction,
+    State,
+    ServerTransaction,
+    Transaction,
+    TransactionLayer,
+)
+from twinline.switch.call import Call, CallState, Leg, Relay, Side
+from twinline.switch.control import CallControl
+from twinline.switch.routing import Target, address_of_uri, format_host
+from twinline.timers import TimerHeap
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REGISTER, NOTIFY, REFER"
+# Extensions this B2BUA can honour when a caller *requires* them: none yet
+# (100rel and session timers would need the switch to take part in them).
+SUPPORTED: frozenset[str] = frozenset()
+# Headers of the caller's INVITE that the callee's INVITE carries too; the rest
+# (Via, Route, Contact, tags, Call-ID, ...) belong to one hop or one dialog only.
+PASSED_ON_INVITE = frozenset(
+    [
+        "Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
+        "Allow", "Accept", "Subject", "User-Agent", "Alert-Info", "Call-Info",
+        "P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Priority",
+        "Organization", "Reason",
+    ]
+)  # fmt: skip
+PASSED_ON_RESPONSE = frozenset(
+    [
+        "Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
+        "Allow", "Accept", "Server", "Warning", "Retry-After", "Reason", "Unsupported",
+        "Call-Info", "Error-Info", "P-Asserted-Identity",
+    ]
+)  # fmt: skip
+PASSED_IN_DIALOG = PASSED_ON_INVITE | frozenset(["Event", "Subscription-State", "Refer-To"])
+
+
+class Registrar(Protocol):
+    def handle(self, req: Request, source: tuple[str, str, int], now: float) -> Response: ...
+
+
+@dataclass(slots=True)
+class SwitchStats:
+    """Counters only: they are the per-message path's whole observability."""
+
+    received: int = 0
+    sent: int = 0
+    bad_requests_answered: int = 0  # malformed but answerable: 400 (or 416, 505, 513)
+    malformed_dropped: int = 0  # could not be answered: dropped
+    calls_offered: int = 0
+    calls_answered: int = 0
+    calls_rejected: int = 0
+    calls_cancelled: int = 0
+    calls_overload_rejected: int = 0
+    calls_completed: int = 0
+
+
+class Ending(enum.Enum):
+    """Who ended an established call, for the call's cause."""
+
+    CALLER = "caller-bye"
+    CALLEE = "callee-bye"
+    SWITCH = "switch"
+
+
+class SwitchCore:
+    def __init__(
+        self,
+        *,
+        send: Send,
+        local: dict[str, tuple[str, int]],
+        limits: Limits,
+        timers: TimerHeap | None = None,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+        max_calls: int = 20000,
+        retry_after: int = 5,
+        no_answer_timeout: float = 60.0,
+        registrar: Registrar | None = None,
+    ) -> None:
+        """`local` maps each transport ("udp", "tcp") to the host and port the switch
+        advertises for it in Via and Contact."""
+        self._send = send
+        self.local = local
+        self.limits = limits
+        self.timers = timers or TimerHeap()
+        self.layer = TransactionLayer(self, self._counted_send, self.timers, t1=t1, t2=t2, t4=t4)
+        self.max_calls = max_calls
+        self.retry_after = retry_after
+        self.no_answer_timeout = no_answer_timeout
+        self.registrar = registrar
+        self.control: CallControl | None = None
+        self.calls: dict[str, Call] = {}
+        # (SIP Call-ID, our tag) -> the leg: how in-dialog requests find their call.
+        self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}
+        self.stats = SwitchStats()
+        self._ids = count(1)
+        # The time of the input being handled, for the few helpers deep in a call's
+        # handling that arm timers; every entry point sets it first.
+        self._now = 0.0
+
+    # --- input ----------------------------------------------------------------------
+    def receive(self, data: bytes, source: Address, now: float, *, stream: bool = False) -> None:
+        self.stats.received += 1
+        self._now = now
+        try:
+            msg = parse_message(data, self.limits, stream=stream)
+        except SipParseError as e:
+            self._bad_input(e, source)
+            return
+        if isinstance(msg, Request):
+            self.layer.receive_request(msg, source, now)
+        else:
+            self.layer.receive_response(msg, source, now)
+
+    def _bad_input(self, error: SipParseError, source: Address) -> None:
+        req = error.request
+        if req is None or req.method == "ACK":
+            self.stats.malformed_dropped += 1
+            return
+        self.stats.bad_requests_answered += 1
+        self._counted_send(source, response_to(req, error.status, error.reason).to_bytes())
+
+    def _counted_send(self, address: Address, data: bytes) -> None:
+        self.stats.sent += 1
+        self._send(address, data)
+
+    # --- our identity on each transport -----------------------------------------------
+    def _via(self, transport: str) -> str:
+        host, port = self.local.get(transport) or next(iter(self.local.values()))
+        return f"SIP/2.0/{transport.upper()} {format_host(host)}:{port}"
+
+    def _contact(self, transport: str) -> str:
+        host, port = self.local.get(transport) or next(iter(self.local.values()))
+        params = ";transport=tcp" if transport == "tcp" else ""
+        return f"<sip:{format_host(host)}:{port}{params}>"
+
+    # --- TransactionUser ------------------------------------------------------------------
+    def request_received(self, txn: ServerTransaction, req: Request, now: float) -> None:
+        if req.to_tag:
+            found = self.dialogs.get((req.call_id, req.to_tag))
+            if found is None:
+                self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
+                return
+            self._in_dialog(found[0], found[1], txn, req, now)
+            return
+        method = req.method
+        if method == "INVITE":
+            assert isinstance(txn, ServerInviteTransaction)
+            self._new_call(txn, req, now)
+        elif method == "CANCEL":
+            self._cancel_from_caller(txn, req, now)
+        elif method == "OPTIONS":
+            self._respond(
+                txn, req, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp")], tag=True
+            )
+        elif method == "REGISTER":
+            if self.registrar is None:
+                self._respond(txn, req, 405, "Method Not Allowed", [("Allow", ALLOW)])
+            else:
+                txn.respond(self.registrar.handle(req, txn.address, now), now)
+        elif method in ("BYE", "UPDATE", "INFO", "PRACK", "NOTIFY"):
+            self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
+        else:
+            self._respond(txn, req, 405, "Method Not Allowed", [("Allow", ALLOW)])
+
+    def ack_received(self, req: Request, source: Address, now: float) -> None:
+        found = self.dialogs.get((req.call_id, req.to_tag))
+        if found is None:
+            return  # the ACK of a rejected INVITE, already absorbed, or a stray one
+        call, leg = found
+        other = call.other(leg)
+        if other is None or not other.ack_held:
+            return
+        # The other leg's 2xx was held unacknowledged because its INVITE carried no
+        # offer: this ACK carries the answer, so it goes on now.
+        self._send_ack(other, req.body, req.get("Content-Type"))
+
+    def response_received(self, txn: ClientTransaction, resp: Response, now: float) -> None:
+        owner = txn.owner
+        if isinstance(owner, Call):
+            if txn is owner.b_invite:
+                self._callee_responded(owner, resp, now)
+            elif resp.status >= 200 and txn in owner.releasing:
+                owner.releasing.discard(txn)
+                if not owner.releasing and owner.state is CallState.RELEASING:
+                    self._end(owner, now)
+        elif isinstance(owner, Relay):
+            self._relay_response(owner, txn, resp, now)
+
+    def stray_response(self, resp: Response, source: Address, now: float) -> None:
+        # A 2xx to one of our INVITEs after its transaction ended: our ACK was lost.
+        if resp.status // 100 == 2 and resp.cseq_method == "INVITE":
+            found = self.dialogs.get((resp.call_id, resp.from_tag))
+            if found is not None and found[1].confirmed:
+                self._send_ack(found[1], b"", None)
+
+    def transaction_failed(self, txn: Transaction, failure: Failure, now: float) -> None:
+        owner = txn.owner
+        if isinstance(owner, Relay):
+            if isinstance(txn, ClientTransaction):
+                status = 408 if failure is Failure.TIMEOUT else 503
+                self._respond(owner.origin, owner.origin.request, status, failure.value)
+            owner.call.reinvite_pending = False
+            return
+        if not isinstance(owner, Call):
+            return
+        call = owner
+        if txn is call.b_invite:
+            status, reason = (
+                (408, "Request Timeout") if failure is Failure.TIMEOUT else (480, "Unreachable")
+            )
+            self._callee_failed(call, status, reason, now)
+        elif txn is call.a_invite and failure is Failure.NO_ACK:
+            # The caller never acknowledged our 2xx (RFC 3261 13.3.1.4): hang up.
+            self._release(call, Ending.SWITCH, now, cause="no-ack")
+        elif txn in call.releasing:
+            call.releasing.discard(txn)
+            if not call.releasing and call.state is CallState.RELEASING:
+                self._end(call, now)
+
+    # --- commands from the call's controller ---------------------------------------------
+    def route(self, call: Call, targets: list[Target], now: float) -> None:
+        """Try `targets` in turn until one answers; if all fail, the controller decides."""
+        if call.state not in (CallState.ROUTING, CallState.CALLING, CallState.RINGING):
+            return
+        call.targets = list(targets)
+        self._try_next_target(call, now)
+
+    def reject(self, call: Call, status: int, reason: str, now: float) -> None:
+        if call.state in (CallState.ANSWERED, CallState.RELEASING, CallState.ENDED):
+            return
+        headers = [("Retry-After", str(self.retry_after))] if status == 503 else None
+        self._respond(call.a_invite, call.a_invite.request, status, reason, headers, tag=True)
+        self.stats.calls_rejected += 1
+        call.cause = f"{status} {reason}"
+        self._end(call, now)
+
+    def release(self, call: Call, now: float) -> None:
+        """Hang up a call on the controller's behalf, in whatever phase it is."""
+        if call.state in (CallState.ROUTING, CallState.CALLING, CallState.RINGING):
+            self._cancel_callee(call, now)
+            self.reject(call, 480, "Temporarily Unavailable", now)
+        else:
+            self._release(call, Ending.SWITCH, now, cause="released")
+
+    # --- a new call ------------------------------------------------------------------------
+    def _new_call(self, txn: ServerInviteTransaction, req: Request, now: float) -> None:
+        required = [r.strip() for r in req.get_all("Require") for r in r.split(",")]
+        unsupported = [r for r in required if r and r not in SUPPORTED]
+        if unsupported:
+            self._respond(
+                txn, req, 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))], tag=True
+            )
+            return
+        max_forwards = req.get("Max-Forwards")
+        if max_forwards == "0":
+            self._respond(txn, req, 483, "Too Many Hops", tag=True)
+            return
+        if len(self.calls) >= self.max_calls:
+            self.stats.calls_overload_rejected += 1
+            self._respond(
+                txn, req, 503, "Service Unavailable",
+                [("Retry-After", str(self.retry_after))], tag=True,
+            )  # fmt: skip
+            return
+        try:
+            dialled = parse_uri(req.uri).user
+            caller = parse_name_addr(req.get("From") or "")
+            contact_value = req.get("Contact")
+            if contact_value is None:
+                raise SipParseError("Missing Contact header")
+            remote_target = parse_name_addr(contact_value).uri
+            parse_uri(remote_target)
+        except SipParseError as e:
+            self._respond(txn, req, e.status, e.reason, tag=True)
+            return
+        self._respond(txn, req, 100, "Trying")
+        self.stats.calls_offered += 1
+        local_tag = new_tag()
+        a = Leg(
+            side=Side.A,
+            call_id=req.call_id,
+            local_tag=local_tag,
+            local_party=f"{req.get('To')};tag={local_tag}",
+            remote_party=req.get("From") or "",
+            remote_tag=req.from_tag,
+            remote_target=remote_target,
+            route_set=req.get_all("Record-Route"),
+            # In-dialog requests to the caller follow the flow its INVITE came on:
+            # the same TCP connection, or the NAT binding its datagrams came from.
+            address=txn.address,
+            remote_cseq=req.cseq,
+        )
+        call = Call(
+            id=f"c{next(self._ids)}",
+            a=a,
+            a_invite=txn,
+            dialled=dialled,
+            caller=parse_uri(caller.uri).user if caller.uri else "",
+            created=now,
+            late_offer=not req.body,
+        )
+        txn.owner = call
+        self.calls[call.id] = call
+        self.dialogs[(a.call_id, a.local_tag)] = (call, a)
+        assert self.control is not None, "a CallControl must be set before calls arrive"
+        self.control.offered(call, now)
+
+    def _try_next_target(self, call: Call, now: float) -> None:
+        if not call.targets:
+            return
+        target = call.targets.pop(0)
+        call.target = target
+        a_req = call.a_invite.request
+        transport = target.address[0]
+        b_call_id = new_call_id(format_host(self.local.get(transport, ("twinline", 0))[0]))
+        from_tag = new_tag()
+        caller = parse_name_addr(a_req.get("From") or "")
+        caller.params = {"tag": from_tag}
+        local_party = str(caller)
+        remote_party = f"<{target.uri}>"
+        b = Leg(
+            side=Side.B,
+            call_id=b_call_id,
+            local_tag=from_tag,
+            local_party=local_party,
+            remote_party=remote_party,
+            remote_target=target.uri,
+            address=target.address,
+            local_cseq=1,
+        )
+        if call.b is not None:
+            self.dialogs.pop((call.b.call_id, call.b.local_tag), None)
+        call.b = b
+        self.dialogs[(b.call_id, b.local_tag)] = (call, b)
+        max_forwards = a_req.get("Max-Forwards")
+        hops = int(max_forwards) - 1 if max_forwards and max_forwards.isdigit() else 69
+        branch = new_branch()
+        headers = [
+            ("Via", f"{self._via(transport)};branch={branch};rport"),
+            ("Max-Forwards", str(hops)),
+            ("From", local_party),
+            ("To", remote_party),
+            ("Call-ID", b_call_id),
+            ("CSeq", "1 INVITE"),
+            ("Contact", self._contact(transport)),
+        ]
+        headers.extend((n, v) for n, v in a_req.headers if n in PASSED_ON_INVITE)
+        invite = Request("INVITE", target.uri, headers, a_req.body)
+        invite.call_id = b_call_id
+        invite.cseq = 1
+        invite.cseq_method = "INVITE"
+        invite.branch = branch
+        invite.from_tag = from_tag
+        call.state = CallState.CALLING
+        call.cancel_pending = False
+        call.b_invite = self.layer.send_request(invite, target.address, now, owner=call)  # type: ignore[assignment]
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+        call.no_answer = self.timers.schedule(
+            now + self.no_answer_timeout, lambda t: self._no_answer(call, t)
+        )
+
+    # --- the callee's answers ---------------------------------------------------------------
+    def _callee_responded(self, call: Call, resp: Response, now: float) -> None:
+        status = resp.status
+        b = call.b
+        assert b is not None
+        if status < 200:
+            if status == 100:
+                return
+            if call.cancel_pending:
+                self._send_cancel(call, now)
+                return
+            if call.state in (CallState.CALLING, CallState.RINGING):
+                call.state = CallState.RINGING
+                if resp.to_tag and not b.remote_tag:
+                    b.remote_tag = resp.to_tag
+                self._relay_to_caller(call, resp, contact=bool(resp.to_tag))
+            return
+        if status < 300:
+            self._callee_answered(call, resp, now)
+            return
+        if call.cause == "no-answer":
+            status, reason = 480, "No Answer"  # the callee's 487 to our CANCEL
+        self._callee_failed(call, status, resp.reason if status == resp.status else reason, now)
+
+    def _callee_answered(self, call: Call, resp: Response, now: float) -> None:
+        b = call.b
+        assert b is not None
+        if b.confirmed and resp.to_tag == b.remote_tag:
+            # A retransmitted 2xx: our ACK was lost. Acknowledge again.
+            if not b.ack_held:
+                self._send_ack(b, b"", None)
+            return
+        contact = resp.get("Contact")
+        try:
+            target = parse_name_addr(contact).uri if contact else b.remote_target
+            address = address_of_uri(target) if not b.route_set else b.address
+        except SipParseError:
+            target, address = b.remote_target, b.address
+        if b.confirmed or call.state in (CallState.RELEASING, CallState.ENDED):
+            # A second 2xx from a fork, or an answer after we cancelled: take the
+            # dialog only to end it (RFC 3261 13.2.2.4).
+            stray = Leg(
+                side=Side.B, call_id=b.call_id, local_tag=b.local_tag,
+                local_party=b.local_party, remote_party=resp.get("To") or b.remote_party,
+                remote_tag=resp.to_tag, remote_target=target,
+                route_set=list(reversed(resp.get_all("Record-Route"))),
+                address=b.address if b.address[0] == "tcp" else address, local_cseq=b.local_cseq,
+            )  # fmt: skip
+            self._send_ack(stray, b"", None)
+            bye = stray.build_request("BYE", self._via(stray.address[0]), "")
+            call.releasing.add(self.layer.send_request(bye, stray.address, now, owner=call))
+            return
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+            call.no_answer = None
+        b.remote_tag = resp.to_tag
+        b.remote_party = resp.get("To") or b.remote_party
+        b.remote_target = target
+        b.route_set = list(reversed(resp.get_all("Record-Route")))
+        if b.address[0] != "tcp":
+            b.address = address
+        b.confirmed = True
+        if call.late_offer:
+            b.ack_held = True  # the caller's ACK carries the answer to the callee's offer
+        else:
+            self._send_ack(b, b"", None)
+        call.state = CallState.ANSWERED
+        call.answered_at = now
+        call.a.confirmed = True
+        self.stats.calls_answered += 1
+        self._relay_to_caller(call, resp, contact=True)
+        if self.control is not None:
+            self.control.answered(call, now)
+
+    def _callee_failed(self, call: Call, status: int, reason: str, now: float) -> None:
+        """The callee's side gave a final failure, timed out or was unreachable."""
+        if call.state is CallState.ENDED:
+            return
+        if call.state is CallState.RELEASING and call.cause != "no-answer":
+            self._end(call, now)  # the caller cancelled and has its 487 already
+            return
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+            call.no_answer = None
+        if call.b is not None:
+            self.dialogs.pop((call.b.call_id, call.b.local_tag), None)
+        call.b_invite = None
+        call.state = CallState.ROUTING
+        call.cause = ""
+        if call.targets:
+            self._try_next_target(call, now)
+        elif self.control is not None:
+            self.control.route_failed(call, status, reason, now)
+
+    def _no_answer(self, call: Call, now: float) -> None:
+        call.no_answer = None
+        if call.state not in (CallState.CALLING, CallState.RINGING):
+            return
+        call.state = CallState.RELEASING
+        call.cause = "no-answer"
+        self._cancel_callee(call, now)
+
+    def _relay_to_caller(self, call: Call, resp: Response, *, contact: bool) -> None:
+        headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
+        if contact:
+            headers.insert(0, ("Contact", self._contact(call.a.address[0])))
+        out = response_to(
+            call.a_invite.request, resp.status, resp.reason,
+            to_tag=call.a.local_tag, headers=headers, body=resp.body,
+        )  # fmt: skip
+        call.a_invite.respond(out, self._now)
+
+    # --- cancel and release ------------------------------------------------------------------
+    def _cancel_from_caller(self, txn: ServerTransaction, req: Request, now: float) -> None:
+        invite = self.layer.find_invite(req)
+        if invite is None:
+            self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
+            return
+        self._respond(txn, req, 200, "OK", tag=True)
+        call = invite.owner
+        if invite.answered or not isinstance(call, Call):
+            return  # too late: the final response went out (RFC 3261 9.2)
+        self._respond(invite, invite.request, 487, "Request Terminated", tag=True)
+        self.stats.calls_cancelled += 1
+        call.cause = "cancelled"
+        if call.state is CallState.ROUTING:
+            self._end(call, now)
+            return
+        call.state = CallState.RELEASING
+        self._cancel_callee(call, now)
+
+    def _cancel_callee(self, call: Call, now: float) -> None:
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+            call.no_answer = None
+        txn = call.b_invite
+        if txn is None or txn.state not in (State.CALLING, State.PROCEEDING):
+            if call.state is CallState.RELEASING and txn is None:
+                self._end(call, now)
+            return
+        call.state = CallState.RELEASING
+        if txn.state is State.PROCEEDING:
+            self._send_cancel(call, now)
+        else:
+            # RFC 3261 9.1: no CANCEL before a provisional response; send it then.
+            call.cancel_pending = True
+
+    def _send_cancel(self, call: Call, now: float) -> None:
+        call.cancel_pending = False
+        txn = call.b_invite
+        assert isinstance(txn, ClientInviteTransaction)
+        cancel = txn.cancel_request()
+        self.layer.send_request(cancel, txn.address, now, owner=None)
+
+    def _release(self, call: Call, ending: Ending, now: float, *, cause: str = "") -> None:
+        """BYE towards every confirmed leg that did not end the call itself."""
+        if call.state in (CallState.RELEASING, CallState.ENDED):
+            return
+        call.state = CallState.RELEASING
+        call.cause = cause or ending.value
+        for leg in (call.a, call.b):
+            if leg is None or not leg.confirmed:
+                continue
+            if (ending is Ending.CALLER and leg is call.a) or (
+                ending is Ending.CALLEE and leg is call.b
+            ):
+                continue
+            bye = leg.build_request("BYE", self._via(leg.address[0]), "")
+            call.releasing.add(self.layer.send_request(bye, leg.address, now, owner=call))
+        if not call.releasing:
+            self._end(call, now)
+
+    def _end(self, call: Call, now: float) -> None:
+        if call.state is CallState.ENDED:
+            return
+        call.state = CallState.ENDED
+        call.ended_at = now
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+            call.no_answer = None
+        self.calls.pop(call.id, None)
+        self.dialogs.pop((call.a.call_id, call.a.local_tag), None)
+        if call.b is not None:
+            self.dialogs.pop((call.b.call_id, call.b.local_tag), None)
+        if call.answered_at is not None:
+            self.stats.calls_completed += 1
+        if self.control is not None:
+            self.control.released(call, now)
+
+    # --- in-dialog requests -------------------------------------------------------------------
+    def _in_dialog(
+        self, call: Call, leg: Leg, txn: ServerTransaction, req: Request, now: float
+    ) -> None:
+        method = req.method
+        if method != "CANCEL":
+            if req.cseq <= leg.remote_cseq:
+                self._respond(txn, req, 500, "CSeq Out of Order")
+                return
+            leg.remote_cseq = req.cseq
+        if method == "BYE":
+            self._respond(txn, req, 200, "OK")
+            if call.state in (CallState.RELEASING, CallState.ENDED):
+                return
+            if leg is call.b and call.state is not CallState.ANSWERED:
+                # The callee hung up an early dialog: treat as a failed route.
+                self._callee_failed(call, 480, "Temporarily Unavailable", now)
+                return
+            self._release(call, Ending.CALLER if leg is call.a else Ending.CALLEE, now)
+            return
+        other = call.other(leg)
+        if other is None or not other.confirmed or call.state is not CallState.ANSWERED:
+            if method == "INVITE":
+                self._respond(txn, req, 491, "Request Pending")
+            else:
+                self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
+            return
+        if method == "INVITE":
+            if call.reinvite_pending:
+                self._respond(txn, req, 491, "Request Pending")
+                return
+            call.reinvite_pending = True
+        headers = [(n, v) for n, v in req.headers if n in PASSED_IN_DIALOG]
+        out = other.build_request(
+            method, self._via(other.address[0]), self._contact(other.address[0]),
+            headers=headers, body=req.body,
+        )  # fmt: skip
+        if method == "INVITE":
+            other.invite_cseq = out.cseq
+        self.layer.send_request(out, other.address, now, owner=Relay(txn, call, other))
+
+    def _relay_response(
+        self, relay: Relay, txn: ClientTransaction, resp: Response, now: float
+    ) -> None:
+        if resp.status == 100:
+            return
+        origin = relay.origin
+        call = relay.call
+        method = origin.request.method
+        headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
+        if method in ("INVITE", "UPDATE") and resp.status < 300:
+            headers.insert(0, ("Contact", self._contact(origin.address[0])))
+        if resp.status >= 200:
+            call.reinvite_pending = call.reinvite_pending and method != "INVITE"
+        if method == "INVITE" and resp.status // 100 == 2:
+            if origin.request.body:
+                self._send_ack(relay.leg, b"", None)
+            else:
+                relay.leg.ack_held = True  # the ACK carries the answer: wait for it
+        out = response_to(origin.request, resp.status, resp.reason, headers=headers, body=resp.body)
+        origin.respond(out, now)
+
+    def _send_ack(self, leg: Leg, body: bytes, content_type: str | None) -> None:
+        """ACK a 2xx on `leg` (RFC 3261 13.2.2.4): a new branch, the INVITE's CSeq number."""
+        leg.ack_held = False
+        headers = [("Content-Type", content_type)] if content_type and body else None
+        ack = leg.build_request(
+            "ACK", self._via(leg.address[0]), "", headers=headers, body=body, cseq=leg.invite_cseq
+        )
+        self._counted_send(leg.address, ack.to_bytes())
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _respond(
+        self,
+        txn: ServerTransaction,
+        req: Request,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        tag: bool = False,
+    ) -> None:
+        owner = txn.owner
+        to_tag = ""
+        if tag:
+            to_tag = owner.a.local_tag if isinstance(owner, Call) else new_tag()
+        txn.respond(response_to(req, status, reason, to_tag=to_tag, headers=headers), self._now)
+
+    # --- timers -------------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def fire_timers(self, now: float) -> None:
+        self._now = now
+        self.timers.fire_due(now)
+
+    def transport_failed(self, address: Address, now: float) -> None:
+        self._now = now
+        self.layer.transport_failed(address, now)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.calls)
+
+
+def make_sender(outbox: list[tuple[Address, bytes]]) -> Callable[[Address, bytes], None]:
+    """A `send` for tests: collects what the core sends."""
+
+    def send(address: Address, data: bytes) -> None:
+        outbox.append((address, data))
+
+    return send

@@ -1,0 +1,105 @@
+"""The routing plan: what a dialled number or user name reaches.
+
+A destination is resolved to a list of `Target`s that the switch tries in turn: the
+live contacts of a registered user (best first), or the one PBX or trunk whose static
+route has the longest matching prefix. Resolution is pure (no I/O); the location
+service is read, not written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Protocol
+
+from twinline.config import Config, Route, parse_hostport
+from twinline.sip.errors import SipParseError
+from twinline.sip.message import parse_uri
+from twinline.sip.transaction import Address
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    uri: str  # the B-leg's Request-URI
+    address: Address  # where the B-leg INVITE is sent
+    label: str  # what it is, for logs and CDRs: "user:alice", "route:1"
+
+
+class Binding(Protocol):
+    @property
+    def contact(self) -> str: ...
+
+    @property
+    def source(self) -> tuple[str, str, int]: ...
+
+
+class Location(Protocol):
+    def lookup(self, user: str, now: float) -> Sequence[Binding]: ...
+
+
+class NoRoute(Exception):
+    """The destination cannot be reached; `status` and `reason` answer the caller."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def address_of_uri(uri: str) -> Address:
+    """Where a request for `uri` goes (RFC 3263 without DNS: host, port, transport)."""
+    parsed = parse_uri(uri)
+    transport = parsed.transport
+    if transport not in ("udp", "tcp"):
+        raise SipParseError(f"Unsupported transport {transport}", status=416)
+    return (transport, parsed.host, parsed.port or 5060)
+
+
+class RoutingPlan:
+    def __init__(self, config: Config, location: Location) -> None:
+        self.users = {u.name for u in config.users}
+        self.location = location
+        # Longest prefix first, so the first match wins.
+        self.routes: list[Route] = sorted(config.routes, key=lambda r: -len(r.prefix))
+        self._route_targets = {
+            id(r): parse_hostport(r.target, default_port=5060) for r in self.routes
+        }
+
+    def resolve(self, dialled: str, now: float) -> list[Target]:
+        """Targets for a dialled user or number, best first. Raises NoRoute."""
+        if dialled in self.users:
+            targets = []
+            for binding in self.location.lookup(dialled, now):
+                try:
+                    address = address_of_uri(binding.contact)
+                except SipParseError:
+                    continue
+                if address[0] == "tcp" and binding.source[0] == "tcp":
+                    # A phone on TCP is reached over the connection it registered on
+                    # (RFC 5626's flow): its Contact port is often not listening.
+                    address = binding.source
+                targets.append(Target(binding.contact, address, f"user:{dialled}"))
+            if not targets:
+                raise NoRoute(480, "Temporarily Unavailable")
+            return targets
+        for route in self.routes:
+            if dialled.startswith(route.prefix):
+                host, port = self._route_targets[id(route)]
+                number = route.add + dialled[route.strip :]
+                params = ";transport=tcp" if route.transport == "tcp" else ""
+                uri = f"sip:{number}@{format_host(host)}:{port}{params}"
+                return [Target(uri, (route.transport, host, port), f"route:{route.prefix}")]
+        raise NoRoute(404, "Not Found")

@@ -14,7 +14,7 @@ from itertools import count
 
 
 class Timer:
-    __slots__ = ("cancelled", "callback", "deadline", "seq")
+    __slots__ = ("callback", "cancelled", "deadline", "seq")
 
     def __init__(self, deadline: float, seq: int, callback: Callable[[float], None]) -> None:
         self.deadline = deadline

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from twinline.sip.message import Request, Response
 from twinline.timers import Timer, TimerHeap
@@ -135,7 +135,7 @@ class Transaction:
         "request",
         "state",
     )
-    TABLE: Table = {}
+    TABLE: ClassVar[Table] = {}
 
     def __init__(self, layer: TransactionLayer, key: str, request: Request, address: Address):
         self.layer = layer
@@ -313,7 +313,7 @@ class ClientInviteTransaction(ClientTransaction):
             self._ack = Request("ACK", inv.uri, headers).to_bytes()
         self.layer.send(self.address, self._ack)
 
-    TABLE: Table = {
+    TABLE: ClassVar[Table] = {
         (State.CALLING, Input.TIMER_RETRANSMIT): (_retransmit_a, State.CALLING),
         (State.CALLING, Input.TIMER_TIMEOUT): (ClientTransaction._fail_timeout, State.TERMINATED),
         (State.CALLING, Input.TRANSPORT_ERROR): (
@@ -358,7 +358,7 @@ class ClientNonInviteTransaction(ClientTransaction):
         self._start_end(now, 0 if self.reliable else self.layer.t4)  # Timer K
         self._deliver(now)
 
-    TABLE: Table = {
+    TABLE: ClassVar[Table] = {
         (State.TRYING, Input.TIMER_RETRANSMIT): (_retransmit_e, State.TRYING),
         (State.TRYING, Input.TIMER_TIMEOUT): (ClientTransaction._fail_timeout, State.TERMINATED),
         (State.TRYING, Input.TRANSPORT_ERROR): (
@@ -447,7 +447,7 @@ class ServerInviteTransaction(ServerTransaction):
         if not self.acked:
             self._fail_no_ack(now)
 
-    TABLE: Table = {
+    TABLE: ClassVar[Table] = {
         (State.PROCEEDING, Input.REQUEST): (ServerTransaction._send_last, State.PROCEEDING),
         (State.PROCEEDING, Input.TU_1XX): (ServerTransaction._send_last, State.PROCEEDING),
         (State.PROCEEDING, Input.TU_2XX): (_accepted, State.ACCEPTED),
@@ -471,7 +471,7 @@ class ServerNonInviteTransaction(ServerTransaction):
         self._send_last(now)
         self._start_end(now, 0 if self.reliable else 64 * self.layer.t1)  # Timer J
 
-    TABLE: Table = {
+    TABLE: ClassVar[Table] = {
         (State.TRYING, Input.TU_1XX): (ServerTransaction._send_last, State.PROCEEDING),
         (State.TRYING, Input.TU_2XX): (_final, State.COMPLETED),
         (State.TRYING, Input.TU_3XX_6XX): (_final, State.COMPLETED),

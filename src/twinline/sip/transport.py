@@ -10,6 +10,7 @@ cannot be opened or framed is reported to `failed(address)`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -47,10 +48,8 @@ class _Udp(asyncio.DatagramProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
+                with contextlib.suppress(OSError):  # capped by the kernel's limits
                     sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER_BYTES)
-                except OSError:
-                    pass
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.owner.deliver(data, ("udp", str(addr[0]), int(addr[1])), False)

@@ -39,8 +39,8 @@ from twinline.sip.transaction import (
     Failure,
     Send,
     ServerInviteTransaction,
-    State,
     ServerTransaction,
+    State,
     Transaction,
     TransactionLayer,
 )

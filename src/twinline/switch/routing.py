@@ -9,8 +9,8 @@ service is read, not written.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from twinline.config import Config, Route, parse_hostport

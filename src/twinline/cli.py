@@ -29,7 +29,7 @@ def _load(path: str | None) -> Config:
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
-    from twinline.switch.server import StartupError  # noqa: PLC0415
+    from twinline.errors import StartupError  # noqa: PLC0415
 
     runner: Any = asyncio.run
     try:
@@ -73,17 +73,86 @@ def switch(config_path: str | None, log_level: str) -> None:
 
 
 @main.command()
+@click.argument("name")
 @config_option
 @log_option
-def up(config_path: str | None, log_level: str) -> None:
-    """Run twinline on this host; Ctrl-C stops it."""
+def appserver(name: str, config_path: str | None, log_level: str) -> None:
+    """Run application server NAME (one of the configuration's [[appservers]])."""
     config = _load(config_path)
+    try:
+        config.appserver(name)
+    except ConfigError as e:
+        raise click.ClickException(f"configuration error: {e}") from None
     _setup_logging(log_level)
-    from twinline.switch.server import SwitchServer  # noqa: PLC0415
+    from twinline.appserver.server import AppServerProcess  # noqa: PLC0415
 
-    listen = ", ".join(config.switch.listen)
-    click.echo(f"twinline: switch on {listen}, domain {config.switch.domain}; Ctrl-C stops it")
-    _run(SwitchServer(config).run())
+    _run(AppServerProcess(config, name).run())
+
+
+@main.command()
+@config_option
+@click.option(
+    "--servers",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="How many application servers (default: all configured, or 2).",
+)
+@log_option
+def up(config_path: str | None, servers: int | None, log_level: str) -> None:
+    """Run a switch and N application servers on this host; Ctrl-C stops them all."""
+    from twinline.supervisor import Supervisor, default_run_dir, effective_config  # noqa: PLC0415
+
+    config = _load(config_path)
+    try:
+        config, generated = effective_config(config, servers, default_run_dir())
+    except ConfigError as e:
+        raise click.ClickException(f"configuration error: {e}") from None
+    path = str(generated) if generated is not None else config_path
+    assert path is not None
+    names = ", ".join(s.name for s in config.appservers)
+    click.echo(
+        f"twinline: switch on {', '.join(config.switch.listen)} (domain {config.switch.domain}), "
+        f"application servers {names}; status: twinline status --config {path}; Ctrl-C stops",
+        err=True,
+    )
+    sys.exit(Supervisor(config, path, log_level=log_level).run())
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON object.")
+def status(config_path: str | None, as_json: bool) -> None:
+    """Show what the running switch knows: servers, their load, live calls."""
+    import json as json_  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+
+    from twinline.supervisor import default_run_dir, fetch_status  # noqa: PLC0415
+
+    if config_path is None and (default_run_dir() / "twinline-up.toml").exists():
+        config_path = str(default_run_dir() / "twinline-up.toml")
+    config = _load(config_path)
+    try:
+        data = fetch_status(config)
+    except (OSError, urllib.error.URLError) as e:
+        raise click.ClickException(
+            f"cannot reach the switch's status API at {config.switch.http} ({e}); "
+            "is it running? Start it with `twinline up`, or pass the --config it runs with."
+        ) from None
+    if as_json:
+        click.echo(json_.dumps(data, indent=2))
+        return
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"twinline: {data['calls']['live']} live calls")
+    for column in ("server", "pid", "state", "capacity", "primary", "standby"):
+        table.add_column(column)
+    for s in data["servers"]:
+        table.add_row(
+            s["name"], str(s["pid"]), s["state"], str(s["capacity"]),
+            str(s["primary"]), str(s["standby"]),
+        )  # fmt: skip
+    Console().print(table)
 
 
 if __name__ == "__main__":

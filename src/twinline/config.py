@@ -63,6 +63,10 @@ class SwitchConfig(_Section, frozen=True):
     no_answer_timeout: float = 60.0
     limits: Limits = msgspec.field(default_factory=Limits)
     timers: Timers = msgspec.field(default_factory=Timers)
+    # Where application servers connect their call tracking links ("HOST:PORT").
+    link: str = "127.0.0.1:5062"
+    # The status API (`twinline status`): "HOST:PORT".
+    http: str = "127.0.0.1:8062"
 
 
 class User(_Section, frozen=True):
@@ -82,10 +86,55 @@ class Route(_Section, frozen=True):
     add: str = ""  # digits put in front after stripping
 
 
+# Good for links on loopback only: `_check` refuses it for any address off this host.
+LAPTOP_SECRET = "twinline-laptop-secret"  # noqa: S105
+
+
+class Cluster(_Section, frozen=True):
+    # Proven by every call tracking and peer link before anything else crosses it.
+    # The default suits a laptop on loopback only; set your own for anything else.
+    secret: str = LAPTOP_SECRET
+    heartbeat_interval: float = 0.1  # seconds between heartbeats on every link
+    dead_after: int = 3  # missed heartbeats before a link's peer is declared dead
+    # With redundancy off, calls get no standby: checkpoints go to the database only.
+    redundancy: bool = True
+
+
+class AppServer(_Section, frozen=True):
+    name: str
+    peer: str  # "HOST:PORT" where this server takes its peers' links
+    capacity: int = 10000  # the calls it may be primary for; placement uses the ratio
+
+
+class Database(_Section, frozen=True):
+    # "sqlite:///path/file.db" (relative to the working directory) or, later, postgresql://
+    url: str = "sqlite:///twinline.db"
+
+
+class PlanEntry(_Section, frozen=True):
+    """Which service handles a call: the longest matching number prefix wins, then
+    the longest matching caller prefix."""
+
+    service: str
+    number: str = ""  # dialled-number (or user name) prefix; "" matches all
+    caller: str = ""  # caller prefix; "" matches all
+
+
 class Config(_Section, frozen=True):
     switch: SwitchConfig = msgspec.field(default_factory=SwitchConfig)
+    cluster: Cluster = msgspec.field(default_factory=Cluster)
+    database: Database = msgspec.field(default_factory=Database)
+    appservers: list[AppServer] = msgspec.field(default_factory=list)
+    plan: list[PlanEntry] = msgspec.field(default_factory=list)
     users: list[User] = msgspec.field(default_factory=list)
     routes: list[Route] = msgspec.field(default_factory=list)
+
+    def appserver(self, name: str) -> AppServer:
+        for server in self.appservers:
+            if server.name == name:
+                return server
+        known = ", ".join(s.name for s in self.appservers) or "none"
+        raise ConfigError(f"appservers: no application server named {name!r} (known: {known})")
 
 
 _PATH_RE = re.compile(r"^\$\.?")
@@ -142,9 +191,15 @@ def _check(config: Config) -> None:
         fail("switch.listen", "needs at least one address, as 'udp:127.0.0.1:5060'")
     for i, text in enumerate(sw.listen):
         try:
-            parse_listen(text)
+            _, host, _ = parse_listen(text)
         except ValueError as e:
             fail(f"switch.listen[{i}]", str(e))
+        if host in ("0.0.0.0", "::") and not sw.advertise:  # noqa: S104 - detecting it
+            fail(
+                "switch.advertise",
+                f"needed with the wildcard listen address {text!r}: the address phones "
+                "should use to reach the switch (it goes in Via and Contact)",
+            )
     for key, value, low, high in (
         ("switch.limits.max_message_size", sw.limits.max_message_size, 1024, 1 << 20),
         ("switch.limits.max_headers", sw.limits.max_headers, 10, 1000),
@@ -180,6 +235,61 @@ def _check(config: Config) -> None:
             fail(f"routes[{i}].target", str(e))
         if route.strip < 0:
             fail(f"routes[{i}].strip", "must not be negative")
+    for key, text in (("switch.link", sw.link), ("switch.http", sw.http)):
+        try:
+            parse_hostport(text)
+        except ValueError as e:
+            fail(key, str(e))
+    cl = config.cluster
+    if not cl.secret:
+        fail("cluster.secret", "must not be empty")
+    if cl.secret == LAPTOP_SECRET:
+        link_hosts = [parse_hostport(sw.link)[0]]
+        link_hosts += [parse_hostport(a.peer)[0] for a in config.appservers if _hostport_ok(a.peer)]
+        if not all(_is_loopback(h) for h in link_hosts):
+            fail("cluster.secret", "set a secret of your own: the links leave this host")
+    if not cl.heartbeat_interval > 0:
+        fail("cluster.heartbeat_interval", f"{cl.heartbeat_interval} must be greater than 0")
+    if not 1 <= cl.dead_after <= 100:
+        fail("cluster.dead_after", f"{cl.dead_after} is out of range (1 to 100)")
+    names: set[str] = set()
+    for i, server in enumerate(config.appservers):
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", server.name) or server.name == "switch":
+            fail(f"appservers[{i}].name", f"{server.name!r}: use 1 to 32 letters, digits, _ or -")
+        if server.name in names:
+            fail(f"appservers[{i}].name", f"{server.name!r} appears twice")
+        names.add(server.name)
+        try:
+            parse_hostport(server.peer)
+        except ValueError as e:
+            fail(f"appservers[{i}].peer", str(e))
+        if server.capacity < 1:
+            fail(f"appservers[{i}].capacity", "must be at least 1")
+    if not config.database.url.startswith(("sqlite:///", "postgresql://")):
+        fail("database.url", f"{config.database.url!r}: use sqlite:///FILE or postgresql://...")
+    from twinline.services import SERVICES  # noqa: PLC0415 - the registry imports config types
+
+    for i, entry in enumerate(config.plan):
+        if entry.service not in SERVICES:
+            known = ", ".join(sorted(SERVICES))
+            fail(f"plan[{i}].service", f"{entry.service!r} is not a service (known: {known})")
+
+
+def _hostport_ok(text: str) -> bool:
+    try:
+        parse_hostport(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config_text(text: str, *, source: str = "<config>") -> Config:

@@ -1,1 +1,11 @@
+"""Services: the API they are written against, and the ones twinline ships."""
 
+from twinline.services.api import Service, ServiceCall
+from twinline.services.basic import BasicCall
+
+# Services by name, as the routing plan (`[[plan]] service = ...`) names them.
+SERVICES: dict[str, type[Service]] = {  # type: ignore[type-arg]
+    BasicCall.name: BasicCall,
+}
+
+__all__ = ["SERVICES", "Service", "ServiceCall"]

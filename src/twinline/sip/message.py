@@ -11,10 +11,19 @@ pulled out once, at parse time, and kept as attributes.
 
 Text is decoded as UTF-8 with ``surrogateescape`` so that any byte sequence survives a
 parse/serialize round trip unchanged.
+
+What is refused is what could be misread downstream or cannot be answered sensibly:
+bare CR or LF and unquoted NUL in the head, non-ASCII or control characters in the
+Request-URI, out-of-range numbers (never turned into huge ints), conflicting
+Content-Length, duplicated single-value headers. What RFC 4475 lets a robust element
+accept is accepted: LF-only line ends, extra SP in the Request-Line, LWS inside <...>,
+a trailing ';', empty list elements. The tests in ``tests/unit/test_sip_torture.py``
+record the decision for each RFC 4475 message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -84,6 +93,8 @@ def canonical_name(name: str) -> str:
 
 
 def is_token(text: str) -> bool:
+    if text.isascii() and text.replace("-", "").isalnum():  # fast path: most tokens
+        return True
     return bool(text) and all(c in _TOKEN_CHARS for c in text)
 
 
@@ -93,6 +104,8 @@ _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
 
 
 def _is_host(host: str) -> bool:
+    if host.isascii() and host.replace(".", "").replace("-", "").isalnum():  # fast path
+        return True
     return bool(host) and all(c in _HOST_CHARS for c in host)
 
 
@@ -182,10 +195,11 @@ class Message:
     def set(self, name: str, value: str) -> None:
         """Replace every value of a header by one, where the first one was (else at the end)."""
         key = canonical_name(name)
+        low = key.lower()
         out: list[tuple[str, str]] = []
         placed = False
         for n, v in self.headers:
-            if n == key:
+            if n == key or n.lower() == low:
                 if not placed:
                     out.append((key, value))
                     placed = True
@@ -203,7 +217,8 @@ class Message:
 
     def remove(self, name: str) -> None:
         key = canonical_name(name)
-        self.headers = [(n, v) for n, v in self.headers if n != key]
+        low = key.lower()
+        self.headers = [(n, v) for n, v in self.headers if n != key and n.lower() != low]
 
     def _head_lines(self) -> list[str]:
         raise NotImplementedError
@@ -261,6 +276,8 @@ def split_quoted(value: str, sep: str) -> list[str]:
     """Split on `sep` outside double quotes (with backslash escapes) and angle brackets."""
     if sep not in value:
         return [value]
+    if '"' not in value and "<" not in value:
+        return value.split(sep)
     parts: list[str] = []
     start = 0
     quoted = False
@@ -566,14 +583,19 @@ def _param(value: str, name: str) -> str:
     """The value of header parameter `name` (lower case) in From, To or Via.
 
     Fast path for tags and branches: a plain search for ';name=' after the '>' that
-    closes a bracketed URI (a URI may carry a ';tag=' parameter of its own). Values with
-    quotes, or with whitespace around ';' and '=' (SEMI and EQUAL allow SWS), take the
-    slow path that splits outside quotes and brackets.
+    closes a bracketed URI (a URI may carry a ';tag=' parameter of its own), past a
+    quoted display name without escapes. Other quotes, or whitespace around ';' and '='
+    (SEMI and EQUAL allow SWS), take the slow path that splits outside quotes and <>.
     """
     key = f";{name}="
-    if '"' in value:
+    after = 0
+    if value[:1] == '"':
+        after = value.find('"', 1) + 1
+        if not after or "\\" in value[:after]:
+            return _param_slow(value, name)
+    if value.find('"', after) >= 0:
         return _param_slow(value, name)
-    after = value.find(">") + 1
+    after = value.find(">", after) + 1 or after
     i = value.find(key, after)
     if i < 0:
         i = value.lower().find(key, after)
@@ -607,22 +629,25 @@ def _split_head(
     is returned with the headers that could be read, so that a request can still be
     answered with 400 (RFC 3261 8.2.6: the response copies Via, From, To, Call-ID, CSeq).
     """
+    error: SipParseError | None = None
     if "\r\n" in head:
         lines = head.split("\r\n")
-        # A lone CR or LF would survive into a header value and be forwarded, where a
-        # lenient parser downstream takes it for a line end: header injection.
-        if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
-            raise SipParseError("Bare CR or LF in header")
+        bare = head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1
     else:
         lines = head.split("\n")  # tolerated: LF-only line ends
-        if "\r" in head:
-            raise SipParseError("Bare CR or LF in header")
+        bare = "\r" in head
+    if bare:
+        # A lone CR or LF would survive into a header value and be forwarded, where a
+        # lenient parser downstream takes it for a line end: header injection.
+        error = SipParseError("Bare CR or LF in header")
+        if "\r" in lines[0] or "\n" in lines[0]:
+            raise error
+        lines = [line for line in lines if "\r" not in line and "\n" not in line]
     start_line = lines[0]
     max_line = limits.max_line_length
     if len(start_line) > max_line:
         raise SipParseError("Start line too long")
     headers: list[tuple[str, str]] = []
-    error: SipParseError | None = None
     for line in lines[1:]:
         if len(line) > max_line:
             error = error or SipParseError("Header line too long")
@@ -639,10 +664,11 @@ def _split_head(
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not is_token(name):
+        canonical = CANONICAL.get(name.lower())
+        if not colon or (canonical is None and not is_token(name)):
             error = error or SipParseError(f"Malformed header line {_show(line)}")
             continue
-        headers.append((CANONICAL.get(name.lower(), name), value.strip(" \t")))
+        headers.append((canonical or name, value.strip(" \t")))
     # Split comma-separated list headers into one entry per value. Empty elements
     # ("a,,b", a trailing ',') are dropped: harmless, and some phones send them.
     if any(n in LIST_HEADERS and "," in v for n, v in headers):
@@ -764,41 +790,63 @@ def _response_from(start_line: str, headers: list[tuple[str, str]], body: bytes)
 
 
 def _answerable(req: Request) -> bool:
-    """Can a response be built (RFC 3261 8.2.6.2 copies these)?"""
-    return bool(req.get("Via") and req.get("From") and req.get("To") and req.get("Call-ID"))
+    """Can a response be built (RFC 3261 8.2.6.2 copies these)?
+
+    Without CSeq the client transaction could not match the answer (RFC 3261 17.1.3).
+    """
+    get = req.get
+    return bool(get("Via") and get("From") and get("To") and get("Call-ID") and get("CSeq"))
 
 
 def _try_fill(req: Request) -> None:
-    try:
+    with contextlib.suppress(SipParseError):
         _fill_common(req, False)
-    except SipParseError:
-        pass
 
 
 def _fill_common(msg: Request | Response, stream: bool) -> None:
-    call_id = cseq_text = from_v = to_v = via_v = None
+    call_id = cseq_text = from_v = to_v = via_v = max_forwards = None
     clen_values: list[str] = []
+    duplicate = ""
     for n, v in msg.headers:
-        if n == "Call-ID":
-            if call_id is None:
-                call_id = v
-        elif n == "CSeq":
-            if cseq_text is not None and cseq_text != v:
-                raise SipParseError("More than one CSeq header")
-            cseq_text = v
-        elif n == "From":
-            if from_v is not None:
-                raise SipParseError("More than one From header")
-            from_v = v
-        elif n == "To":
-            if to_v is not None:
-                raise SipParseError("More than one To header")
-            to_v = v
-        elif n == "Via":
+        if n == "Via":
             if via_v is None:
                 via_v = v
+        elif n == "From":
+            if from_v is None:
+                from_v = v
+            else:
+                duplicate = duplicate or n
+        elif n == "To":
+            if to_v is None:
+                to_v = v
+            else:
+                duplicate = duplicate or n
+        elif n == "Call-ID":
+            if call_id is None:
+                call_id = v
+            elif v != call_id:
+                duplicate = duplicate or n
+        elif n == "CSeq":
+            if cseq_text is None:
+                cseq_text = v
+            elif v != cseq_text:
+                duplicate = duplicate or n
         elif n == "Content-Length":
             clen_values.append(v)
+        elif n == "Max-Forwards" and max_forwards is None:
+            max_forwards = v
+    # What responses and transactions key on is read before any check can fail, so that
+    # a 400 answering a bad request carries the request's To tag (or gets a fresh one).
+    if call_id is not None:
+        msg.call_id = call_id
+    if from_v is not None:
+        msg.from_tag = _param(from_v, "tag")
+    if to_v is not None:
+        msg.to_tag = _param(to_v, "tag")
+    if via_v is not None:
+        msg.branch = _param(via_v, "branch")
+    if duplicate:  # RFC 4475 3.3.8
+        raise SipParseError(f"More than one {duplicate} header")
     if via_v is None:
         raise SipParseError("Missing Via header")
     if from_v is None:
@@ -809,38 +857,40 @@ def _fill_common(msg: Request | Response, stream: bool) -> None:
         raise SipParseError("Missing Call-ID header")
     if cseq_text is None:
         raise SipParseError("Missing CSeq header")
-    msg.call_id = call_id
-    msg.from_tag = _param(from_v, "tag")
-    msg.to_tag = _param(to_v, "tag")
-    msg.branch = _param(via_v, "branch")
-    num, _, method = cseq_text.partition(" ")
-    method = method.strip(" \t")
-    if not num.isdigit() or len(num) > 10 or int(num) >= 2**31:
+    # callid = word ["@" word]: printable ASCII without whitespace. '=' and '#', outside
+    # `word` but common in real Call-IDs, are let through.
+    if not (call_id.isascii() and call_id.isprintable()) or " " in call_id:
+        raise SipParseError("Invalid Call-ID")
+    num, _, method = cseq_text.replace("\t", " ").partition(" ")
+    method = method.strip(" ")
+    cseq = _decimal(num, 2**31 - 1)  # RFC 3261 8.1.1.5: less than 2**31
+    if cseq < 0 or cseq > 2**31 - 1:
         raise SipParseError("Invalid CSeq number")
     if not is_token(method):
         raise SipParseError("Invalid CSeq method")
-    msg.cseq = int(num)
+    msg.cseq = cseq
     msg.cseq_method = method
     if isinstance(msg, Request):
         if method != msg.method:
             raise SipParseError("CSeq method does not match the request method")
         if not msg.uri:
             raise SipParseError("Missing Request-URI")
-        parse_uri(msg.uri)  # validates; 416 for unknown schemes
-        mf = msg.get("Max-Forwards")
-        if mf is not None and (not mf.isdigit() or int(mf) > 255):
+        if parse_uri(msg.uri).headers:  # validates; 416 for unknown schemes
+            # RFC 3261 19.1.1 allows headers in no Request-URI (RFC 4475 3.1.2.11).
+            raise SipParseError("Headers not allowed in Request-URI")
+        if max_forwards is not None and not 0 <= _decimal(max_forwards, 255) <= 255:
             raise SipParseError("Invalid Max-Forwards")
         # The addresses must be readable for a dialog to be built on them.
-        parse_name_addr(from_v)
-        parse_name_addr(to_v)
+        _check_address(from_v, "From")
+        _check_address(to_v, "To")
         parse_via(via_v)
     if clen_values:
-        if len(set(clen_values)) > 1:
-            raise SipParseError("Conflicting Content-Length headers")
-        text = clen_values[0]
-        if not text.isdigit():
+        lengths = {_decimal(v, 2**31) for v in clen_values}
+        if min(lengths) < 0:
             raise SipParseError("Invalid Content-Length")
-        length = int(text)
+        if len(lengths) > 1:  # RFC 4475 3.3.9
+            raise SipParseError("Conflicting Content-Length headers")
+        length = lengths.pop()
         if length > len(msg.body):
             raise SipParseError("Content-Length larger than the message body")
         if length < len(msg.body) and not stream:
@@ -848,6 +898,13 @@ def _fill_common(msg: Request | Response, stream: bool) -> None:
             msg.body = msg.body[:length]
     elif stream:
         raise SipParseError("Missing Content-Length on a stream transport")
+
+
+def _check_address(value: str, header: str) -> None:
+    try:
+        parse_name_addr(value)
+    except SipParseError as e:
+        raise SipParseError(f"{e.reason} in {header} header", e.status) from None
 
 
 # --- stream framing (RFC 3261 18.3) ------------------------------------------------------
@@ -858,51 +915,73 @@ class StreamFramer:
 
     `feed` returns complete frames (bytes of one message each). A header block that
     outgrows `limits.max_message_size` without ending, or a frame whose headers give no
-    usable Content-Length, raises SipParseError: the stream can no longer be framed and
+    usable Content-Length (missing, not a number, or two different values: RFC 4475
+    3.1.2.3 and 3.3.9), raises SipParseError: the stream can no longer be framed and
     the connection must be closed.
+
+    The search for the end of a header block resumes where the last feed left it, and a
+    frame's length is read once, so a peer sending a byte at a time costs no rescans.
     """
 
-    __slots__ = ("_buf", "_limits")
+    __slots__ = ("_buf", "_limits", "_need", "_scanned")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._buf = bytearray()
         self._limits = limits
+        self._scanned = 0  # bytes of _buf known to hold no CRLFCRLF
+        self._need = 0  # the size of the frame at the head of _buf, once known
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
         buf += data
         frames: list[bytes] = []
+        max_size = self._limits.max_message_size
         while buf:
-            # Keep-alive CRLFs between messages (RFC 5626 4.4.1) are skipped.
-            if buf[0] in (13, 10):
-                stripped = buf.lstrip(b"\r\n")
-                del buf[: len(buf) - len(stripped)]
-                continue
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > self._limits.max_message_size:
+            if not self._need:
+                # Keep-alive CRLFs between messages (RFC 5626 4.4.1) are skipped.
+                if buf[0] in (13, 10):
+                    stripped = buf.lstrip(b"\r\n")
+                    del buf[: len(buf) - len(stripped)]
+                    continue
+                end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+                if end < 0:
+                    self._scanned = len(buf)
+                    if len(buf) > max_size:
+                        raise SipParseError("Message Too Large", status=513)
+                    break
+                self._scanned = 0
+                self._need = end + 4 + _content_length(bytes(buf[:end]), max_size)
+                if self._need > max_size:
                     raise SipParseError("Message Too Large", status=513)
+            if len(buf) < self._need:
                 break
-            length = _content_length(bytes(buf[:end]))
-            total = end + 4 + length
-            if total > self._limits.max_message_size:
-                raise SipParseError("Message Too Large", status=513)
-            if len(buf) < total:
-                break
-            frames.append(bytes(buf[:total]))
-            del buf[:total]
+            frames.append(bytes(buf[: self._need]))
+            del buf[: self._need]
+            self._need = 0
         return frames
 
 
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in (b"content-length", b"l"):
-            value = value.strip()
-            if not value.isdigit():
-                raise SipParseError("Invalid Content-Length")
-            return int(value)
-    raise SipParseError("Missing Content-Length on a stream transport")
+def _content_length(head: bytes, limit: int) -> int:
+    """The Content-Length of a header block (compact form and folding understood)."""
+    found = -2
+    lines = head.split(b"\r\n")
+    for i in range(1, len(lines)):
+        name, colon, value = lines[i].partition(b":")
+        if not colon or name.rstrip(b" \t").lower() not in (b"content-length", b"l"):
+            continue
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):  # folded value
+            value += b" " + lines[j]
+            j += 1
+        length = _decimal(value.strip(b" \t").decode("latin-1"), limit)
+        if length < 0:
+            raise SipParseError("Invalid Content-Length")
+        if found not in (-2, length):
+            raise SipParseError("Conflicting Content-Length headers")
+        found = length
+    if found == -2:
+        raise SipParseError("Missing Content-Length on a stream transport")
+    return found
 
 
 # --- building messages --------------------------------------------------------------------
@@ -935,9 +1014,8 @@ def response_to(
         if n in ("Via", "From", "Call-ID", "CSeq"):
             copied.append((n, v))
         elif n == "To":
-            if to_tag and not req.to_tag and status != 100:
-                v = f"{v};tag={to_tag}"
-            copied.append((n, v))
+            tagged = to_tag and not req.to_tag and status != 100
+            copied.append((n, f"{v};tag={to_tag}" if tagged else v))
     if headers:
         copied.extend(headers)
     resp = Response(status, reason, copied, body)

@@ -256,14 +256,16 @@ class ClientInviteTransaction(ClientTransaction):
         self._start_timeout(now, 64 * self.layer.t1)  # Timer B
 
     def cancel_request(self) -> Request:
-        """The CANCEL for this INVITE (RFC 3261 9.1): same Request-URI, Via, Call-ID,
-        From, To, CSeq number and Route."""
+        """The CANCEL for this INVITE (RFC 3261 9.1): same Request-URI, Call-ID, From,
+        To, CSeq number and Route, and a single Via equal to the INVITE's top one."""
         inv = self.request
-        headers = [
-            (n, v)
-            for n, v in inv.headers
-            if n in ("Via", "From", "To", "Call-ID", "Route", "Max-Forwards")
-        ]
+        headers: list[tuple[str, str]] = []
+        for n, v in inv.headers:
+            if n == "Via":
+                if not any(h[0] == "Via" for h in headers):
+                    headers.append((n, v))
+            elif n in ("From", "To", "Call-ID", "Route", "Max-Forwards"):
+                headers.append((n, v))
         headers.insert(headers.index(("Call-ID", inv.call_id)) + 1, ("CSeq", f"{inv.cseq} CANCEL"))
         cancel = Request("CANCEL", inv.uri, headers)
         cancel.call_id = inv.call_id
@@ -520,8 +522,13 @@ class TransactionLayer:
         method = req.method
         if method == "ACK":
             txn = self.server.get(self._server_key(req, "INVITE"))
-            if isinstance(txn, ServerInviteTransaction) and txn.state is State.COMPLETED:
-                txn.handle(Input.ACK, now)  # ACK for our non-2xx: the transaction's own
+            if isinstance(txn, ServerInviteTransaction) and txn.state in (
+                State.COMPLETED,
+                State.CONFIRMED,
+            ):
+                # ACK for our non-2xx: the transaction's own; in Confirmed a retransmitted
+                # ACK is absorbed (17.2.1), never passed to the TU as a 2xx's ACK.
+                txn.handle(Input.ACK, now)
                 return
             accepted = self._accepted_by_dialog.get((req.call_id, req.cseq))
             if accepted is not None:

@@ -1,1 +1,113 @@
+"""The database: what must outlive every process (active calls, CDRs, side effects,
+checkpoints of calls with no standby, and later service data).
 
+`open_store(url)` picks the backend from the deployment's database URL; everything else
+speaks the `Store` interface (see `twinline.store.base` for what each operation
+promises).
+
+    store = open_store("sqlite:///twinline.db")
+    async with store:
+        store.write_cdr(cdr)          # enqueued: returns at once
+        if await store.once(f"{call_id}/debit/1", call_id, "debit", [(DEBIT, (cents, acct))]):
+            ...                       # debited now, and never again for this key
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from twinline.store.base import Store, StoreStats
+from twinline.store.errors import (
+    SchemaError,
+    SchemaTooNew,
+    StoreBusy,
+    StoreClosed,
+    StoreError,
+)
+from twinline.store.records import (
+    ActiveCall,
+    Cdr,
+    Checkpoint,
+    Placement,
+    Role,
+    SideEffect,
+    SqlValue,
+    Statement,
+)
+from twinline.store.sqlite import SqliteStore
+
+__all__ = [
+    "ActiveCall",
+    "Cdr",
+    "Checkpoint",
+    "Placement",
+    "Role",
+    "SchemaError",
+    "SchemaTooNew",
+    "SideEffect",
+    "SqlValue",
+    "SqliteStore",
+    "Statement",
+    "Store",
+    "StoreBusy",
+    "StoreClosed",
+    "StoreError",
+    "StoreStats",
+    "open_store",
+    "sqlite_path",
+]
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a `sqlite:` URL names, by the usual convention (SQLAlchemy's):
+    ``sqlite:///twinline.db`` and ``sqlite:///data/twinline.db`` are relative to the
+    working directory, ``sqlite:////var/lib/twinline/twinline.db`` is absolute.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise StoreError(f"{url!r} is not a sqlite: URL")
+    if parts.netloc:
+        raise StoreError(
+            f"{url!r}: a sqlite URL names a file, not a host: write sqlite:///relative.db"
+            " or sqlite:////absolute/path.db"
+        )
+    if parts.query or parts.fragment:
+        raise StoreError(f"{url!r}: a sqlite URL takes no options")
+    if not parts.path.startswith("/") or parts.path in ("/", "//"):
+        raise StoreError(f"{url!r}: no file named; write sqlite:///twinline.db")
+    path = parts.path[1:]  # drop the slash that separates the empty host from the path
+    if path == ":memory:":
+        raise StoreError(
+            f"{url!r}: an in-memory database cannot be shared between processes; name a file"
+        )
+    return Path(path)
+
+
+def open_store(url: str) -> Store:
+    """The store a database URL names, not yet opened: ``await store.open()`` (or
+    ``async with store``) connects it.
+
+    Accepts ``sqlite:///FILE``; ``postgresql://`` is reserved for the PostgreSQL backend.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        return SqliteStore(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        raise StoreError(
+            f"{url!r}: the PostgreSQL backend is not yet supported; use sqlite:///FILE for now"
+        )
+    raise StoreError(f"{url!r}: unknown database URL scheme {scheme!r}; use sqlite:///FILE")
+
+
+async def open_database(url: str, store: Store | None = None) -> Store:
+    """Open the store a URL names (or `store`, made from it), as a process does at
+    start: any failure becomes a `StartupError` that says what to fix."""
+    from twinline.errors import StartupError  # noqa: PLC0415 - keeps the store importable alone
+
+    try:
+        store = store or open_store(url)
+        await store.open()
+    except (StoreError, OSError) as e:
+        raise StartupError(f"cannot open the database {url}: {e}") from None
+    return store

@@ -413,10 +413,13 @@ class SwitchCore:
                 self._send_cancel(call, now)
                 return
             if call.state in (CallState.CALLING, CallState.RINGING):
+                first = call.state is CallState.CALLING
                 call.state = CallState.RINGING
                 if resp.to_tag and not b.remote_tag:
                     b.remote_tag = resp.to_tag
                 self._relay_to_caller(call, resp, contact=bool(resp.to_tag))
+                if first and self.control is not None:
+                    self.control.progress(call, status, now)
             return
         if status < 300:
             self._callee_answered(call, resp, now)

@@ -25,6 +25,9 @@ class CallControl(Protocol):
     def route_failed(self, call: Call, status: int, reason: str, now: float) -> None:
         """Every target of the last route failed: route again or reject."""
 
+    def progress(self, call: Call, status: int, now: float) -> None:
+        """The callee started ringing (reported, no decision needed)."""
+
     def answered(self, call: Call, now: float) -> None:
         """The callee answered (reported, no decision needed)."""
 
@@ -57,6 +60,9 @@ class PlanControl:
     def route_failed(self, call: Call, status: int, reason: str, now: float) -> None:
         status, reason = _FAILURE_TO_CALLER.get(status, (status, reason))
         self.switch.reject(call, status, reason, now)
+
+    def progress(self, call: Call, status: int, now: float) -> None:
+        pass
 
     def answered(self, call: Call, now: float) -> None:
         pass

@@ -7,25 +7,35 @@ its registrar and routing plan, and runs until `stop()` (SIGTERM or SIGINT).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
+import time
+from typing import Any
 
-from twinline.config import Config, parse_listen
+import msgspec
+from aiohttp import web
+
+from twinline.config import Config, parse_hostport, parse_listen
+from twinline.errors import StartupError
+from twinline.link.aio import AioLink, serve
+from twinline.link.endpoint import Closed, HelloReceived, LinkEndpoint, Received
+from twinline.link.messages import Command, CtlToSwitch
+from twinline.ops.http import start_http
 from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.message import Limits
 from twinline.sip.transaction import Address
 from twinline.sip.transport import SipTransports
+from twinline.store import open_database
+from twinline.store.base import Store
+from twinline.switch.arbiter import Arbiter, ServicePlan
 from twinline.switch.b2bua import SwitchCore
 from twinline.switch.control import PlanControl
 from twinline.switch.registrar import LocationService, Registrar
 from twinline.switch.routing import RoutingPlan
 
 log = logging.getLogger("twinline.switch")
-
-
-class StartupError(Exception):
-    """The switch cannot start (a port in use, an address not on this host)."""
 
 
 class SwitchServer:
@@ -44,6 +54,11 @@ class SwitchServer:
         self._timer_at: float | None = None
         self._stopped: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.store: Store | None = None
+        self.arbiter: Arbiter | None = None
+        self.links: dict[str, AioLink] = {}
+        self._ctl_server: asyncio.Server | None = None
+        self._http: web.AppRunner | None = None
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -74,8 +89,109 @@ class SwitchServer:
             no_answer_timeout=sw.no_answer_timeout,
             registrar=registrar,
         )
-        self.core.control = PlanControl(RoutingPlan(self.config, self.location), self.core)
+        routing = RoutingPlan(self.config, self.location)
+        if self.config.appservers:
+            self.store = await open_database(self.config.database.url)
+            self.arbiter = Arbiter(
+                switch=self.core,
+                routing=routing,
+                services=ServicePlan(self.config.plan),
+                servers=list(self.config.appservers),
+                send=self._to_server,
+                wall=time.time,
+                recorder=self.store,
+                redundancy=self.config.cluster.redundancy,
+            )
+            self.core.control = self.arbiter
+            host, port = parse_hostport(sw.link)
+            try:
+                self._ctl_server = await serve(host, port, self._ctl_endpoint, self._on_ctl)
+            except OSError as e:
+                raise StartupError(
+                    f"cannot listen on switch.link {sw.link}: {e.strerror or e}"
+                ) from None
+            log.info("call tracking links on %s", sw.link)
+        else:
+            self.core.control = PlanControl(routing, self.core)
+        host, port = parse_hostport(sw.http)
+        try:
+            self._http = await start_http(self.status, host, port)
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on switch.http {sw.http}: {e.strerror or e}"
+            ) from None
         self._stopped = asyncio.Event()
+
+    # --- call tracking links ----------------------------------------------------------------
+    def _ctl_endpoint(self) -> LinkEndpoint:
+        return LinkEndpoint(
+            "acceptor",
+            secret=self.config.cluster.secret.encode(),
+            name="switch",
+            incarnation=0,
+            receives=CtlToSwitch,
+            heartbeat_interval=self.config.cluster.heartbeat_interval,
+            dead_after=self.config.cluster.dead_after,
+            pid=os.getpid(),
+        )
+
+    def _on_ctl(self, link: AioLink, event: object) -> None:
+        arbiter = self.arbiter
+        assert arbiter is not None and self.loop is not None
+        if isinstance(event, Received):
+            msg = event.message
+            if isinstance(msg, Command):
+                arbiter.command(link.peer_name or "", msg, self.loop.time())
+                self._arm()
+        elif isinstance(event, HelloReceived):
+            hello = event.hello
+            if hello.name not in arbiter.servers:
+                link.refuse(f"unknown application server {hello.name!r}")
+                return
+            old = self.links.get(hello.name)
+            if old is not None and old is not link:
+                old.close("replaced by a new connection")
+            self.links[hello.name] = link
+            link.accept(arbiter.server_up(hello.name, hello.incarnation, hello.pid))
+            log.info("application server %s joined (pid %d)", hello.name, hello.pid)
+        elif isinstance(event, Closed):
+            name = link.peer_name
+            if name is not None and self.links.get(name) is link:
+                del self.links[name]
+                arbiter.server_down(name)
+                log.warning("application server %s left: %s", name, event.reason)
+
+    def _to_server(self, name: str, msg: msgspec.Struct) -> None:
+        link = self.links.get(name)
+        if link is not None and not link.closed:
+            link.send(msg)
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        assert core is not None
+        s = core.stats
+        result: dict[str, Any] = {
+            "switch": {"pid": os.getpid(), "listen": list(self.config.switch.listen)},
+            "servers": self.arbiter.servers_status() if self.arbiter is not None else [],
+            "calls": {
+                "live": core.active_calls,
+                "offered": s.calls_offered,
+                "answered": s.calls_answered,
+                "completed": s.calls_completed,
+                "rejected": s.calls_rejected,
+                "cancelled": s.calls_cancelled,
+                "overload_rejected": s.calls_overload_rejected,
+            },
+            "sip": {
+                "received": s.received,
+                "sent": s.sent,
+                "bad_requests_answered": s.bad_requests_answered,
+                "malformed_dropped": s.malformed_dropped,
+            },
+        }
+        if self.arbiter is not None:
+            result["commands"] = dataclasses.asdict(self.arbiter.stats)
+        return result
 
     # --- the edge: bytes in, timer re-armed ----------------------------------------------
     def _deliver(self, data: bytes, source: Address, stream: bool) -> None:
@@ -120,12 +236,20 @@ class SwitchServer:
             self.loop.add_signal_handler(sig, self.stop)
         log.info("switch ready")
         await self._stopped.wait()
-        self.close()
+        await self.close()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self.transports.close()
+        for link in list(self.links.values()):
+            link.close("switch stopping")
+        if self._ctl_server is not None:
+            self._ctl_server.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        if self.store is not None:
+            await self.store.close()
         if self.core is not None:
             s = self.core.stats
             log.info(

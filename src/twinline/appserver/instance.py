@@ -1,0 +1,152 @@
+"""A call instance's replication logic, sans-IO: checkpoint, acknowledge, release.
+
+Primary::
+
+    event --> handler run --> checkpoint(v) --> standby
+                                   |               |
+                  commands of v held               ack(v)
+                                   |               |
+                                   +--> released to the switch (invariant 3)
+
+Standby: events from the switch are buffered until a checkpoint covers them
+(`event_seq`); a checkpoint replaces the mirrored state and is acknowledged at once.
+With no standby the primary's checkpoint goes to the database instead, and its
+commands are released when the database has it.
+
+Roles::
+
+    [standby] --takeover--> [primary]      (a new epoch, from the switch)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from twinline.link.messages import (
+    Action,
+    CallRecord,
+    Checkpoint,
+    CheckpointAck,
+    Command,
+    Event,
+    Offered,
+    TimerSpec,
+)
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    STANDBY = "standby"
+
+
+class CallInstance:
+    __slots__ = (
+        "acked",
+        "buffer",
+        "call",
+        "commands_sent",
+        "ended",
+        "epoch",
+        "event_seq",
+        "offered",
+        "record",
+        "role",
+        "standby",
+        "state_bytes",
+        "timers",
+        "unreleased",
+        "version",
+        "writes_done",
+    )
+
+    def __init__(self, offered: Offered) -> None:
+        self.call = offered.call
+        self.epoch = offered.epoch
+        self.role = Role(offered.role)
+        self.offered = offered
+        self.standby = offered.standby
+        self.version = 0  # primary: last checkpoint made; standby: last one applied
+        self.acked = 0  # primary: highest version the standby acknowledged
+        self.event_seq = 0  # the last switch event the state includes
+        self.buffer: list[Event] = []  # standby: events past the last checkpoint
+        self.timers: dict[str, float] = {}
+        self.commands_sent = 0
+        self.unreleased: deque[tuple[int, list[Command]]] = deque()
+        self.writes_done: set[str] = set()
+        self.state_bytes = b""
+        self.record = CallRecord(primaries=[offered.primary])
+        self.ended = False
+
+    # --- primary ---------------------------------------------------------------------------
+    def checkpoint(
+        self,
+        *,
+        event_seq: int,
+        state_bytes: bytes,
+        timers: dict[str, float],
+        actions: list[Action],
+        writes_done: set[str],
+        record: CallRecord,
+    ) -> Checkpoint:
+        """Record a handler run's outcome; its commands wait for this checkpoint's ack."""
+        assert self.role is Role.PRIMARY, "only a primary checkpoints"
+        commands = []
+        for action in actions:
+            self.commands_sent += 1
+            commands.append(
+                Command(call=self.call, epoch=self.epoch, seq=self.commands_sent, action=action)
+            )
+        self.version += 1
+        self.event_seq = event_seq
+        self.state_bytes = state_bytes
+        self.timers = dict(timers)
+        self.writes_done = set(writes_done)
+        self.record = record
+        self.unreleased.append((self.version, commands))
+        return Checkpoint(
+            call=self.call,
+            epoch=self.epoch,
+            version=self.version,
+            event_seq=event_seq,
+            offered=self.offered,
+            service_state=state_bytes,
+            timers=[TimerSpec(n, due) for n, due in sorted(self.timers.items())],
+            pending=[c for _, cs in self.unreleased for c in cs],
+            commands_sent=self.commands_sent,
+            writes_done=sorted(self.writes_done),
+            record=record,
+        )
+
+    def acknowledged(self, version: int) -> list[Command]:
+        """The standby (or the database) holds checkpoint `version`: the commands of
+        every checkpoint up to it may go to the switch now, in order."""
+        released: list[Command] = []
+        while self.unreleased and self.unreleased[0][0] <= version:
+            released.extend(self.unreleased.popleft()[1])
+        self.acked = max(self.acked, version)
+        return released
+
+    @property
+    def waiting(self) -> int:
+        """Checkpoints sent but not yet acknowledged."""
+        return len(self.unreleased)
+
+    # --- standby ---------------------------------------------------------------------------
+    def buffer_event(self, event: Event) -> None:
+        if event.seq > self.event_seq and all(e.seq != event.seq for e in self.buffer):
+            self.buffer.append(event)
+
+    def apply_checkpoint(self, cp: Checkpoint) -> CheckpointAck:
+        """Mirror the primary's state; acknowledged whether new or a repeat."""
+        if cp.epoch >= self.epoch and cp.version > self.version:
+            self.epoch = cp.epoch
+            self.version = cp.version
+            self.event_seq = cp.event_seq
+            self.state_bytes = cp.service_state
+            self.timers = {t.name: t.due for t in cp.timers}
+            self.commands_sent = cp.commands_sent
+            self.writes_done = set(cp.writes_done)
+            self.record = cp.record
+            self.buffer = [e for e in self.buffer if e.seq > cp.event_seq]
+        return CheckpointAck(call=self.call, version=self.version)

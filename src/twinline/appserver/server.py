@@ -1,0 +1,198 @@
+"""The application server process: its call tracking link, its peer links, its runtime.
+
+Links: one CTL to the switch (this server connects), and one peer link per other
+server. Each pair of servers has one link, opened by the server whose name sorts first.
+Every link is re-opened while the process runs, every 0.5 s until it is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import msgspec
+
+from twinline.appserver.runtime import AppServerRuntime
+from twinline.config import Config, parse_hostport
+from twinline.link.aio import AioLink, connect, serve
+from twinline.link.endpoint import Closed, Established, HelloReceived, LinkEndpoint, Received
+from twinline.link.messages import (
+    Checkpoint,
+    CheckpointAck,
+    CtlToServer,
+    Event,
+    Forget,
+    Offered,
+    PeerMessage,
+    Welcome,
+)
+from twinline.services import SERVICES
+from twinline.store import open_store
+
+log = logging.getLogger("twinline.appserver")
+
+RECONNECT_INTERVAL = 0.5
+
+
+class AppServerProcess:
+    def __init__(self, config: Config, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.me = config.appserver(name)
+        # A new incarnation per start lets the switch tell a restart from a reconnect.
+        self.incarnation = random.getrandbits(62)
+        self.secret = config.cluster.secret.encode()
+        self.store = open_store(config.database.url)  # opened in run()
+        services: dict[str, Any] = {n: cls(self.store) for n, cls in SERVICES.items()}
+        self.runtime = AppServerRuntime(
+            name, services, self.store,
+            to_switch=self._to_switch, to_peer=self._to_peer, wall=time.time,
+        )  # fmt: skip
+        self.ctl: AioLink | None = None
+        self.peers: dict[str, AioLink] = {}
+        self.dropped_to_switch = 0
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _endpoint(self, role: str, receives: Any, expect: str | None = None) -> LinkEndpoint:
+        return LinkEndpoint(
+            role,  # type: ignore[arg-type]
+            secret=self.secret,
+            name=self.name,
+            incarnation=self.incarnation,
+            receives=receives,
+            heartbeat_interval=self.config.cluster.heartbeat_interval,
+            dead_after=self.config.cluster.dead_after,
+            expect_peer=expect,
+            pid=os.getpid(),
+        )
+
+    # --- outbound ------------------------------------------------------------------------
+    def _to_switch(self, msg: msgspec.Struct) -> None:
+        ctl = self.ctl
+        if ctl is None or not ctl.endpoint.established:
+            self.dropped_to_switch += 1
+            return
+        ctl.send(msg)
+
+    def _to_peer(self, server: str, msg: msgspec.Struct) -> bool:
+        link = self.peers.get(server)
+        if link is None or not link.endpoint.established:
+            return False
+        link.send(msg)
+        return True
+
+    # --- the call tracking link -------------------------------------------------------------
+    def _on_ctl(self, link: AioLink, event: object) -> None:
+        if isinstance(event, Received):
+            msg = event.message
+            if isinstance(msg, Event):
+                self.runtime.event(msg)
+            elif isinstance(msg, Offered):
+                self.runtime.offered(msg)
+        elif isinstance(event, Established):
+            assert isinstance(event.message, Welcome)
+            self.ctl = link
+            self.runtime.welcome(event.message.live)
+            log.info(
+                "call tracking link to the switch is up (%d live instances kept)",
+                len(event.message.live),
+            )
+        elif isinstance(event, Closed):
+            if self.ctl is link:
+                self.ctl = None
+            log.warning("call tracking link to the switch closed: %s", event.reason)
+
+    async def _keep_ctl(self) -> None:
+        host, port = parse_hostport(self.config.switch.link)
+        while not self._stopping:
+            if self.ctl is None or self.ctl.closed:
+                self.ctl = None
+                with contextlib.suppress(OSError):  # the switch is not up (yet): retry
+                    self.ctl = await connect(
+                        host, port, self._endpoint("connector", CtlToServer, "switch"), self._on_ctl
+                    )
+            if self.ctl is not None:
+                primary, standby = self.runtime.counts()
+                self.ctl.endpoint.set_load(active=primary, standby=standby)
+            await asyncio.sleep(RECONNECT_INTERVAL)
+
+    # --- peer links -----------------------------------------------------------------------------
+    def _on_peer(self, link: AioLink, event: object) -> None:
+        if isinstance(event, Received):
+            msg = event.message
+            peer = link.peer_name or ""
+            if isinstance(msg, CheckpointAck):
+                self.runtime.acknowledged(msg)
+            elif isinstance(msg, Checkpoint):
+                self.runtime.checkpoint(peer, msg)
+            elif isinstance(msg, Forget):
+                self.runtime.forget(msg)
+        elif isinstance(event, HelloReceived):
+            name = event.hello.name
+            if name == self.name or name not in {s.name for s in self.config.appservers}:
+                link.refuse(f"unknown application server {name!r}")
+            else:
+                link.accept()
+        elif isinstance(event, Established):
+            old = self.peers.get(event.peer_name)
+            if old is not None and old is not link:
+                old.close("replaced by a new connection")
+            self.peers[event.peer_name] = link
+            log.info("peer link to %s is up", event.peer_name)
+        elif isinstance(event, Closed):
+            gone = link.peer_name
+            if gone is not None and self.peers.get(gone) is link:
+                del self.peers[gone]
+                log.warning("peer link to %s closed: %s", gone, event.reason)
+
+    async def _keep_peer(self, name: str, host: str, port: int) -> None:
+        while not self._stopping:
+            link = self.peers.get(name)
+            if link is None or link.closed:
+                with contextlib.suppress(OSError):
+                    await connect(
+                        host, port, self._endpoint("connector", PeerMessage, name), self._on_peer
+                    )
+            await asyncio.sleep(RECONNECT_INTERVAL)
+
+    # --- life cycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.store.open()
+        host, port = parse_hostport(self.me.peer)
+        server = await serve(
+            host, port, lambda: self._endpoint("acceptor", PeerMessage), self._on_peer
+        )
+        for peer in self.config.appservers:
+            if peer.name > self.name:
+                phost, pport = parse_hostport(peer.peer)
+                self._tasks.append(loop.create_task(self._keep_peer(peer.name, phost, pport)))
+        self._tasks.append(loop.create_task(self._keep_ctl()))
+        log.info("application server %s up (peers on %s:%s)", self.name, host, port)
+        await stop.wait()
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        if self.ctl is not None:
+            self.ctl.close("server stopping")
+        for link in list(self.peers.values()):
+            link.close("server stopping")
+        server.close()
+        await self.store.close()
+        s = self.runtime.stats
+        log.info(
+            "application server %s stopped: handler_runs=%d checkpoints_sent=%d applied=%d "
+            "commands=%d cdrs=%d errors=%d",
+            self.name, s.handler_runs, s.checkpoints_sent, s.checkpoints_applied,
+            s.commands_released, s.cdrs_written, s.handler_errors,
+        )  # fmt: skip

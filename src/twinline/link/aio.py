@@ -1,0 +1,203 @@
+"""asyncio adapters for the links: pump bytes between TCP and a `LinkEndpoint`.
+
+`serve()` listens (the acceptor side: the switch, or a server for its peers) and builds
+one endpoint per connection; `connect()` opens a connection for an endpoint (the
+connector side). Either way the application gets an `AioLink` in every `on_event`
+call and uses it to `send`, `accept`/`refuse` a Hello, or `close`.
+
+Per connection: one `asyncio.Protocol`, one timer handle (re-armed only when the
+endpoint's deadline moves earlier), and after every input one write of whatever the
+endpoint queued. Closed links are logged here (logger "twinline.link") with the
+peer's address: a close the application asked for at INFO, any other at WARNING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from twinline.link.endpoint import Closed, Established, LinkEndpoint, LinkEvent
+from twinline.link.messages import LiveInstance
+
+log = logging.getLogger("twinline.link")
+
+OnEvent = Callable[["AioLink", LinkEvent], None]
+
+# A peer that keeps its link alive but stops reading would make us buffer without end;
+# past this much unsent data (far beyond a burst of call messages) the link is closed.
+MAX_WRITE_BUFFER = 16 * 1024 * 1024
+
+# How long a closed link may take to hand its last bytes (the Bye) to the peer.
+CLOSE_GRACE = 1.0
+
+
+class AioLink(asyncio.Protocol):
+    """One link over one TCP connection; what the application holds to talk on it."""
+
+    def __init__(
+        self, endpoint: LinkEndpoint, on_event: OnEvent, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.endpoint = endpoint
+        self.peer_address = "?"
+        self._on_event = on_event
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._paused = False
+        self._local_close = False
+
+    # --- for the application ---
+
+    @property
+    def peer_name(self) -> str | None:
+        return self.endpoint.peer_name
+
+    @property
+    def closed(self) -> bool:
+        return self.endpoint.closed
+
+    def send(self, msg: msgspec.Struct) -> None:
+        """Sends `msg` now (dropped if the link is closed; see `LinkEndpoint.send`)."""
+        self.endpoint.send(msg)
+        data = self.endpoint.data_to_send()
+        transport = self._transport
+        if data and transport is not None:
+            transport.write(data)
+            if self._paused and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                self._local_close = True
+                self._handle(self.endpoint.close("peer not reading: send buffer full"))
+
+    def accept(self, live: Iterable[LiveInstance] = ()) -> None:
+        """After `HelloReceived`: welcome the peer."""
+        self._handle(self.endpoint.accept(live, now=self._loop.time()))
+
+    def refuse(self, reason: str) -> None:
+        """After `HelloReceived`: turn the peer away."""
+        self._local_close = True
+        self._handle(self.endpoint.refuse(reason))
+
+    def close(self, reason: str) -> None:
+        self._local_close = True
+        self._handle(self.endpoint.close(reason))
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_address = f"{peer[0]}:{peer[1]}"
+        self.endpoint.start(self._loop.time())
+        self._handle([])
+
+    def data_received(self, data: bytes) -> None:
+        self._handle(self.endpoint.receive_data(data, self._loop.time()))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._cancel_timer()
+        reason = "connection lost" if exc is None else f"connection lost: {exc}"
+        self._dispatch(self.endpoint.connection_lost(reason))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    # --- internals ---
+
+    def _handle(self, events: list[LinkEvent]) -> None:
+        """After any input: write what the endpoint queued, then close or re-arm the
+        timer, then hand the events to the application."""
+        endpoint = self.endpoint
+        data = endpoint.data_to_send()
+        transport = self._transport
+        if transport is not None:
+            if data:
+                transport.write(data)
+            if endpoint.closed:
+                self._transport = None
+                self._cancel_timer()
+                # close() sends what is buffered (the Bye) first; a peer that stopped
+                # reading would keep the socket lingering on it, so it gets a deadline.
+                transport.close()
+                if transport.get_write_buffer_size():
+                    self._loop.call_later(CLOSE_GRACE, transport.abort)
+            else:
+                self._arm()
+        if events:
+            self._dispatch(events)
+
+    def _dispatch(self, events: list[LinkEvent]) -> None:
+        for event in events:
+            if type(event) is Closed:
+                log.log(
+                    logging.INFO if self._local_close else logging.WARNING,
+                    "link with %s (%s) closed: %s",
+                    self.peer_address,
+                    self.endpoint.peer_name or "unauthenticated",
+                    event.reason,
+                )
+            elif type(event) is Established:
+                log.info("link with %s (%s) established", self.peer_address, event.peer_name)
+            try:
+                self._on_event(self, event)
+            except Exception:
+                # One message's handler failing must not stop the others on the link.
+                log.exception(
+                    "link with %s: handler failed on %s", self.peer_address, type(event).__name__
+                )
+
+    def _arm(self) -> None:
+        deadline = self.endpoint.next_deadline()
+        if deadline is None:
+            self._cancel_timer()
+        elif self._timer is None or deadline < self._timer_at:
+            # A timer already due earlier stays: when it fires it re-arms for the rest.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # The loop may run a callback a hair before its time; never tell the core less.
+        now = max(self._loop.time(), self._timer_at)
+        self._handle(self.endpoint.handle_timer(now))
+
+
+async def serve(
+    host: str,
+    port: int,
+    make_endpoint: Callable[[], LinkEndpoint],
+    on_event: OnEvent,
+) -> asyncio.Server:
+    """Listens for links: each connection gets `make_endpoint()` (an acceptor)."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: AioLink(make_endpoint(), on_event, loop), host, port)
+
+
+async def connect(host: str, port: int, endpoint: LinkEndpoint, on_event: OnEvent) -> AioLink:
+    """Opens a link for `endpoint` (a connector); OSError if the connection fails."""
+    loop = asyncio.get_running_loop()
+    _, link = await loop.create_connection(lambda: AioLink(endpoint, on_event, loop), host, port)
+    return link

@@ -1,0 +1,193 @@
+"""The messages of the call tracking link (CTL) and the peer links.
+
+Each message is a tagged msgspec Struct, encoded as MessagePack in a frame with a 4-byte
+length (`twinline.link.framing`); a decoder typed with the union of a link's messages
+rejects anything else. Schema evolution (msgspec's rules): a new field gets a default,
+a field never changes type, a removed field's tag is never reused; an incompatible
+change bumps `PROTOCOL_VERSION`, which the handshake checks.
+
+Handshake, both links (the acceptor speaks first, each side proves the cluster secret):
+
+    acceptor  -> Challenge(version, nonce_a)
+    connector -> Hello(version, name, incarnation, nonce_c,
+                       proof=HMAC(secret, hello|nonce_a|...))
+    acceptor  -> Welcome(proof=HMAC(secret, welcome|nonce_c|...), live)  (or closes)
+
+Nothing but these three is accepted before the handshake completes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class _Msg(msgspec.Struct, tag=True, frozen=True, kw_only=True, array_like=False):
+    pass
+
+
+# --- handshake ------------------------------------------------------------------------
+
+
+class Challenge(_Msg, tag="challenge", frozen=True, kw_only=True):
+    version: int
+    nonce: bytes
+
+
+class Hello(_Msg, tag="hello", frozen=True, kw_only=True):
+    version: int
+    name: str  # the application server's name from the configuration
+    incarnation: int  # new at every start: tells a restart from a reconnect
+    pid: int = 0  # for operators (`twinline status`)
+    role: Literal["appserver"] = "appserver"
+    nonce: bytes
+    proof: bytes
+
+
+class Welcome(_Msg, tag="welcome", frozen=True, kw_only=True):
+    proof: bytes
+    name: str  # the acceptor's name ("switch" or the peer server's)
+    # CTL only: the calls for which the switch still counts on this server, and as what;
+    # the server drops every other instance it holds (a restart or a fenced server).
+    live: list[LiveInstance] = []
+
+
+class LiveInstance(msgspec.Struct, frozen=True, array_like=True):
+    call: str
+    epoch: int
+    role: Literal["primary", "standby"]
+
+
+# --- both links ---------------------------------------------------------------------
+
+
+class Heartbeat(_Msg, tag="hb", frozen=True, kw_only=True):
+    sent_at: float  # the sender's wall clock, for the log when one arrives late
+    active: int = 0  # calls the sender is primary for
+    standby: int = 0  # calls the sender is standby for
+    draining: bool = False
+
+
+class Bye(_Msg, tag="bye", frozen=True, kw_only=True):
+    """A clean close, with the reason logged by the other side."""
+
+    reason: str
+
+
+# --- CTL: switch -> application server --------------------------------------------------
+
+
+class CallInfo(msgspec.Struct, frozen=True, kw_only=True):
+    caller: str  # the caller's user part (number or user name)
+    callee: str  # the dialled number or user name
+    caller_uri: str = ""
+    callee_uri: str = ""
+    headers: dict[str, str] = {}  # headers a service may need (P-Asserted-Identity, ...)
+    created: float = 0.0  # wall clock at the switch's INVITE
+
+
+class Offered(_Msg, tag="offered", frozen=True, kw_only=True):
+    """A new call: sent to its primary and to its standby."""
+
+    call: str
+    epoch: int
+    role: Literal["primary", "standby"]
+    primary: str  # server names, so each instance knows its peer
+    standby: str | None
+    service: str  # chosen by the routing plan
+    info: CallInfo
+
+
+EventKind = Literal[
+    "progress",  # the callee rings (status 180/183)
+    "answered",
+    "route_failed",  # every target of the last route failed: a decision point
+    "released",  # the call is over, for either side's reason
+]
+
+
+class Event(_Msg, tag="event", frozen=True, kw_only=True):
+    call: str
+    seq: int  # per call, from 1; the standby buffers past its last checkpoint's seq
+    kind: EventKind
+    at: float  # wall clock at the switch
+    status: int = 0
+    reason: str = ""
+    cause: str = ""  # for "released": caller-bye, callee-bye, cancelled, ...
+
+
+# --- CTL: application server -> switch --------------------------------------------------
+
+
+class Route(msgspec.Struct, tag="route", frozen=True):
+    destinations: list[str]  # user names or numbers, resolved by the switch's plan, in turn
+
+
+class Reject(msgspec.Struct, tag="reject", frozen=True):
+    status: int
+    reason: str
+
+
+class Release(msgspec.Struct, tag="release", frozen=True):
+    pass
+
+
+Action = Route | Reject | Release
+
+
+class Command(_Msg, tag="command", frozen=True, kw_only=True):
+    call: str
+    epoch: int  # executed only if it is the call's current epoch (invariant 1)
+    seq: int  # per call, from 1; a repeated seq is not executed again
+    action: Action
+
+
+# --- peer links: primary <-> standby -------------------------------------------------------
+
+
+class TimerSpec(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    due: float  # wall-clock deadline (invariant 6)
+
+
+class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What the framework keeps about a call for its CDR, checkpointed with it."""
+
+    primaries: list[str] = []  # servers that were primary, in order
+    answered_at: float = 0.0
+    status: int = 0  # the last failure status a service saw or gave (0: none)
+    reason: str = ""
+
+
+class Checkpoint(_Msg, tag="checkpoint", frozen=True, kw_only=True):
+    call: str
+    epoch: int
+    version: int  # per call, from 1
+    event_seq: int  # the last switch event this state includes
+    offered: Offered  # how the call began (the standby may have missed nothing, but a
+    # new standby filled later has only this)
+    service_state: bytes  # the service's state Struct, MessagePack
+    timers: list[TimerSpec] = []
+    pending: list[Command] = []  # commands not yet known executed by the switch
+    commands_sent: int = 0  # the highest command seq issued so far
+    writes_done: list[str] = []  # idempotency keys of side effects already applied
+    record: CallRecord = CallRecord()
+
+
+class CheckpointAck(_Msg, tag="ack", frozen=True, kw_only=True):
+    call: str
+    version: int
+
+
+class Forget(_Msg, tag="forget", frozen=True, kw_only=True):
+    """The call ended at the primary: the standby can drop its copy."""
+
+    call: str
+
+
+CtlToServer = Challenge | Welcome | Heartbeat | Bye | Offered | Event
+CtlToSwitch = Hello | Heartbeat | Bye | Command
+PeerMessage = Challenge | Hello | Welcome | Heartbeat | Bye | Checkpoint | CheckpointAck | Forget

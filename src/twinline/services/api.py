@@ -1,0 +1,158 @@
+"""The service API: what a twinline service is written against.
+
+A service is a class with async handlers for a call's decision points and timers. Its
+per-call state is a msgspec Struct (`State`) that the framework checkpoints to the
+call's standby after every handler run, and a handler's effects are *requests* that the
+framework carries out only after that checkpoint is safe (design invariant 3):
+
+    class Screening(Service[ScreeningState]):
+        name = "screening"
+        State = ScreeningState
+
+        async def offered(self, call: ServiceCall[ScreeningState]) -> None:
+            if call.info.caller in BLOCKED:
+                call.reject(603, "Decline")
+            else:
+                call.route(call.info.callee)
+
+Handlers must be deterministic given the call's state and the event: on a takeover the
+standby replays the events its primary handled after the last checkpoint. So a handler
+reads time from `call.now` (the event's time at the switch), never from the clock, and
+makes side effects outside the call through `call.once(...)`, whose idempotency key
+(call, event, step) makes a replay harmless (invariant 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from twinline.link.messages import Action, CallInfo, Reject, Release, Route
+from twinline.store.records import Statement
+
+if TYPE_CHECKING:
+    from twinline.store.base import Store
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class ServiceCall(Generic[S]):
+    """One call as its service sees it during one handler run."""
+
+    __slots__ = (
+        "_store",
+        "_writes",
+        "actions",
+        "event_seq",
+        "id",
+        "info",
+        "now",
+        "state",
+        "timers",
+        "writes_done",
+    )
+
+    def __init__(
+        self,
+        call_id: str,
+        info: CallInfo,
+        state: S,
+        *,
+        now: float,
+        event_seq: int,
+        timers: dict[str, float],
+        writes_done: set[str],
+        store: Store | None,
+    ) -> None:
+        self.id = call_id
+        self.info = info
+        self.state = state
+        self.now = now  # wall-clock time of the event at the switch
+        self.event_seq = event_seq
+        self.timers = timers  # name -> wall-clock deadline; the framework arms them
+        self.actions: list[Action] = []
+        self.writes_done = writes_done
+        self._writes = 0
+        self._store = store
+
+    # --- call control ------------------------------------------------------------------
+    def route(self, *destinations: str) -> None:
+        """Connect the call to the first of `destinations` that answers: registered user
+        names or numbers, resolved by the switch's routing plan, tried in turn."""
+        if not destinations:
+            raise ValueError("route() needs at least one destination")
+        self.actions.append(Route(list(destinations)))
+
+    def reject(self, status: int, reason: str) -> None:
+        """Refuse the call (before it is answered) with a SIP final response."""
+        if not 400 <= status <= 699:
+            raise ValueError(f"reject() takes a 4xx, 5xx or 6xx status, not {status}")
+        self.actions.append(Reject(status, reason))
+
+    def release(self) -> None:
+        """Hang up the call, in whatever phase it is."""
+        self.actions.append(Release())
+
+    # --- timers --------------------------------------------------------------------------
+    def set_timer(self, name: str, *, after: float | None = None, at: float | None = None) -> None:
+        """Arm (or re-arm) a named timer; it fires once, on whichever instance is
+        primary when it is due (invariant 6). `after` counts from `self.now`."""
+        if (after is None) == (at is None):
+            raise ValueError("set_timer() takes exactly one of after= or at=")
+        self.timers[name] = at if at is not None else self.now + (after or 0.0)
+
+    def cancel_timer(self, name: str) -> None:
+        self.timers.pop(name, None)
+
+    # --- side effects outside the call -----------------------------------------------
+    async def once(self, kind: str, statements: Sequence[Statement]) -> bool:
+        """Apply database `statements` exactly once for this call, event and step.
+
+        Returns False when they had been applied already (a replay after takeover).
+        """
+        self._writes += 1
+        key = f"{self.id}/{self.event_seq}/{self._writes}/{kind}"
+        if key in self.writes_done:
+            return False
+        if self._store is None:
+            raise RuntimeError("this application server has no database")
+        applied: bool = await self._store.once(key, self.id, kind, list(statements))
+        self.writes_done.add(key)
+        return applied
+
+
+class Service(Generic[S]):
+    """Base class of services. Subclasses set `name` and `State` and override handlers."""
+
+    name: ClassVar[str]
+    State: ClassVar[type[msgspec.Struct]]
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
+
+    def initial_state(self, info: CallInfo) -> S:
+        return self.State()  # type: ignore[return-value]
+
+    async def offered(self, call: ServiceCall[S]) -> None:
+        """A new call: route it, reject it, or start a timer. Must decide (now or on a
+        timer), or the caller waits."""
+        raise NotImplementedError
+
+    async def progress(self, call: ServiceCall[S], status: int) -> None:
+        """The callee is ringing (180) or playing early media (183)."""
+
+    async def answered(self, call: ServiceCall[S]) -> None:
+        """The callee answered."""
+
+    async def route_failed(self, call: ServiceCall[S], status: int, reason: str) -> None:
+        """Every destination of the last `route` failed: route elsewhere or give up.
+        By default the caller hears the callee's failure."""
+        call.reject(status, reason)
+
+    async def released(self, call: ServiceCall[S], cause: str) -> None:
+        """The call is over (`cause`: caller-bye, callee-bye, cancelled, rejected...)."""
+
+    async def timer(self, call: ServiceCall[S], name: str) -> None:
+        """A timer set with `set_timer` is due."""

@@ -1,0 +1,167 @@
+"""`twinline up`: a switch and N application servers as separate processes on this host.
+
+The processes are the same ones a multi-host deployment runs (`twinline switch`,
+`twinline appserver NAME`), started with one configuration file. When the file lists
+no application servers, `up` adds N of them on loopback ports next to the switch's
+link port and writes the result to `run/twinline-up.toml`, which every process reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from twinline.config import AppServer, Config, ConfigError, parse_hostport
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    reported_exit: bool = False
+
+
+def effective_config(
+    config: Config, servers: int | None, run_dir: Path
+) -> tuple[Config, Path | None]:
+    """The configuration `up` runs: the file's own servers (the first N), or N made up."""
+    if config.appservers:
+        if servers is not None:
+            if servers > len(config.appservers):
+                raise ConfigError(
+                    f"appservers: --servers {servers} asks for more than the "
+                    f"{len(config.appservers)} the configuration lists"
+                )
+            config = msgspec.structs.replace(config, appservers=config.appservers[:servers])
+        return config, None
+    count = 2 if servers is None else servers
+    host, port = parse_hostport(config.switch.link)
+    made = [AppServer(name=f"as{i + 1}", peer=f"{host}:{port + 1 + i}") for i in range(count)]
+    config = msgspec.structs.replace(config, appservers=made)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "twinline-up.toml"
+    path.write_bytes(msgspec.toml.encode(_without_none(msgspec.to_builtins(config))))
+    return config, path
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: unset optional keys are left out, as a person would write it."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def fetch_status(config: Config, timeout: float = 2.0) -> dict[str, Any]:
+    host, port = parse_hostport(config.switch.http)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/status"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str, *, log_level: str) -> None:
+        self.config = config
+        base = [sys.executable, "-m", "twinline"]
+        common = ["--config", config_path, "--log-level", log_level]
+        self.children = [Child("switch", [*base, "switch", *common])]
+        for server in config.appservers:
+            self.children.append(Child(server.name, [*base, "appserver", server.name, *common]))
+        self._stop = False
+
+    def start(self) -> None:
+        switch = self.children[0]
+        switch.proc = subprocess.Popen(switch.argv)  # noqa: S603 - our own interpreter
+        self._wait_for_switch()
+        for child in self.children[1:]:
+            child.proc = subprocess.Popen(child.argv)  # noqa: S603
+
+    def _wait_for_switch(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        switch = self.children[0]
+        while time.monotonic() < deadline:
+            if switch.proc is not None and switch.proc.poll() is not None:
+                raise RuntimeError(f"the switch exited at start (code {switch.proc.returncode})")
+            try:
+                fetch_status(self.config, timeout=0.5)
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+        raise RuntimeError("the switch did not come up within 15 s")
+
+    def run(self, show: bool = True) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        try:
+            self.start()
+        except RuntimeError as e:
+            print(f"twinline up: {e}", file=sys.stderr)
+            self.stop()
+            return 1
+        last = 0.0
+        while not self._stop:
+            for child in self.children:
+                if (
+                    child.proc is not None
+                    and child.proc.poll() is not None
+                    and not child.reported_exit
+                ):
+                    child.reported_exit = True
+                    print(
+                        f"twinline up: {child.name} exited with code {child.proc.returncode}",
+                        file=sys.stderr,
+                    )
+            if show and time.monotonic() - last >= 5.0:
+                last = time.monotonic()
+                self._show()
+            time.sleep(0.2)
+        return self.stop()
+
+    def _show(self) -> None:
+        try:
+            status = fetch_status(self.config)
+        except (OSError, urllib.error.URLError):
+            return
+        servers = "  ".join(
+            f"{s['name']}:{s['state']} p={s['primary']} s={s['standby']}" for s in status["servers"]
+        )
+        print(f"twinline: live calls {status['calls']['live']}  {servers}", file=sys.stderr)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stop = True
+
+    def stop(self) -> int:
+        """SIGTERM to the application servers first (they hand over), then the switch."""
+        code = 0
+        for group in (self.children[1:], self.children[:1]):
+            for child in group:
+                if child.proc is not None and child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGTERM)
+            for child in group:
+                if child.proc is None:
+                    continue
+                try:
+                    child.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+                    code = 1
+        return code
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("TWINLINE_RUN_DIR", "run"))

@@ -30,6 +30,7 @@ from twinline.sip.message import (
     parse_message,
     parse_name_addr,
     parse_uri,
+    parse_via,
     response_to,
 )
 from twinline.sip.transaction import (
@@ -148,6 +149,7 @@ class SwitchCore:
             self._bad_input(e, source)
             return
         if isinstance(msg, Request):
+            _stamp_via(msg, source)
             self.layer.receive_request(msg, source, now)
         else:
             self.layer.receive_response(msg, source, now)
@@ -696,6 +698,29 @@ class SwitchCore:
     @property
     def active_calls(self) -> int:
         return len(self.calls)
+
+
+def _stamp_via(req: Request, source: Address) -> None:
+    """Record where a request really came from in its top Via (RFC 3261 18.2.1 and
+    RFC 3581): `received` when the address differs from sent-by, and the port in an
+    empty `rport`, so that a phone behind NAT learns its public address."""
+    headers = req.headers
+    for i, (name, value) in enumerate(headers):
+        if name != "Via":
+            continue
+        _, host, port = source
+        rport = value.find(";rport")
+        if rport >= 0 and value[rport + 6 : rport + 7] in ("", ";", " "):
+            value = f"{value[:rport]};received={host};rport={port}{value[rport + 6 :]}"
+        else:
+            try:
+                if parse_via(value).host == host:
+                    return
+            except SipParseError:
+                return
+            value = f"{value};received={host}"
+        headers[i] = (name, value)
+        return
 
 
 def make_sender(outbox: list[tuple[Address, bytes]]) -> Callable[[Address, bytes], None]:

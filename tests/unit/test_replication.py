@@ -1,0 +1,350 @@
+"""The replication logic, sans-IO: a primary and a standby instance wired by hand, and
+the arbiter's placement and command fencing, with a fake switch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+
+from twinline.appserver.instance import CallInstance, Role
+from twinline.appserver.runtime import AppServerRuntime
+from twinline.config import AppServer, load_config_text
+from twinline.link.messages import (
+    CallInfo,
+    CallRecord,
+    Checkpoint,
+    CheckpointAck,
+    Command,
+    Event,
+    Forget,
+    Offered,
+    Reject,
+    Release,
+    Route,
+)
+from twinline.services.basic import BasicCall
+from twinline.switch.arbiter import Arbiter, ServicePlan
+from twinline.switch.routing import RoutingPlan, Target
+
+INFO = CallInfo(caller="alice", callee="1000", created=100.0)
+
+
+def offered(role: str = "primary", call: str = "c1", epoch: int = 1) -> Offered:
+    return Offered(
+        call=call, epoch=epoch, role=role,  # type: ignore[arg-type]
+        primary="as1", standby="as2", service="basic", info=INFO,
+    )  # fmt: skip
+
+
+def event(seq: int, kind: str = "progress", call: str = "c1") -> Event:
+    return Event(call=call, seq=seq, kind=kind, at=100.0 + seq, status=180)  # type: ignore[arg-type]
+
+
+def run_checkpoint(inst: CallInstance, event_seq: int, actions: list[Any]) -> Checkpoint:
+    return inst.checkpoint(
+        event_seq=event_seq,
+        state_bytes=b"\x80",
+        timers={},
+        actions=actions,
+        writes_done=set(),
+        record=CallRecord(primaries=["as1"]),
+    )
+
+
+# --- the instance: checkpoint before effect ------------------------------------------------
+
+
+def test_commands_are_held_until_their_checkpoint_is_acknowledged() -> None:
+    primary = CallInstance(offered())
+    cp = run_checkpoint(primary, 0, [Route(["1000"])])
+    assert cp.version == 1
+    assert [c.seq for c in cp.pending] == [1]
+    # Nothing may leave before the standby's ack: an ack for an older version releases none.
+    assert primary.acknowledged(0) == []
+    assert primary.waiting == 1
+    released = primary.acknowledged(1)
+    assert released == [Command(call="c1", epoch=1, seq=1, action=Route(["1000"]))]
+    assert primary.acknowledged(1) == []  # a repeated ack releases nothing twice
+
+
+def test_acks_release_commands_in_checkpoint_order() -> None:
+    primary = CallInstance(offered())
+    run_checkpoint(primary, 0, [Route(["1000"])])
+    run_checkpoint(primary, 1, [])
+    run_checkpoint(primary, 2, [Release()])
+    # Acks may be coalesced: the ack of version 3 covers 1 and 2.
+    released = primary.acknowledged(3)
+    assert [(c.seq, type(c.action)) for c in released] == [(1, Route), (2, Release)]
+
+
+def test_pending_commands_ride_in_every_checkpoint_until_released() -> None:
+    primary = CallInstance(offered())
+    run_checkpoint(primary, 0, [Route(["1000"])])
+    cp2 = run_checkpoint(primary, 1, [Reject(486, "Busy Here")])
+    # The standby must be able to re-send what the switch may not have executed.
+    assert [c.seq for c in cp2.pending] == [1, 2]
+    primary.acknowledged(2)
+    cp3 = run_checkpoint(primary, 2, [])
+    assert cp3.pending == []
+
+
+def test_standby_buffers_events_past_its_checkpoint() -> None:
+    primary = CallInstance(offered())
+    standby = CallInstance(offered("standby"))
+    for seq in (1, 2, 3):
+        standby.buffer_event(event(seq))
+    standby.buffer_event(event(2))  # a duplicate is kept once
+    assert [e.seq for e in standby.buffer] == [1, 2, 3]
+    run_checkpoint(primary, 0, [Route(["1000"])])
+    cp = run_checkpoint(primary, 2, [])
+    ack = standby.apply_checkpoint(cp)
+    assert ack == CheckpointAck(call="c1", version=2)
+    assert [e.seq for e in standby.buffer] == [3]
+    assert standby.event_seq == 2
+    assert standby.commands_sent == 1
+
+
+def test_standby_ignores_an_older_checkpoint_but_acknowledges() -> None:
+    primary = CallInstance(offered())
+    standby = CallInstance(offered("standby"))
+    cp1 = run_checkpoint(primary, 0, [Route(["1000"])])
+    cp2 = run_checkpoint(primary, 1, [])
+    standby.apply_checkpoint(cp2)
+    ack = standby.apply_checkpoint(cp1)  # reordered or repeated
+    assert ack.version == 2
+    assert standby.event_seq == 1
+
+
+def test_only_a_primary_checkpoints() -> None:
+    standby = CallInstance(offered("standby"))
+    assert standby.role is Role.STANDBY
+    with pytest.raises(AssertionError):
+        run_checkpoint(standby, 0, [])
+
+
+# --- the runtime: a primary and a standby wired together ----------------------------------
+
+
+class Wire:
+    """Two runtimes joined by an in-memory peer link that can be held."""
+
+    def __init__(self, store: Any = None) -> None:
+        self.to_switch: dict[str, list[msgspec.Struct]] = {"as1": [], "as2": []}
+        self.held: list[tuple[str, str, msgspec.Struct]] = []
+        self.hold = False
+        self.rt: dict[str, AppServerRuntime] = {}
+        for name in ("as1", "as2"):
+            self.rt[name] = AppServerRuntime(
+                name, {"basic": BasicCall(None)}, store,
+                to_switch=self.to_switch[name].append,
+                to_peer=lambda peer, msg, me=name: self._peer(me, peer, msg),
+                wall=lambda: 100.0,
+            )  # fmt: skip
+
+    def _peer(self, sender: str, peer: str, msg: msgspec.Struct) -> bool:
+        self.held.append((sender, peer, msg))
+        if not self.hold:
+            self.deliver()
+        return True
+
+    def deliver(self) -> None:
+        while self.held:
+            sender, peer, msg = self.held.pop(0)
+            rt = self.rt[peer]
+            if isinstance(msg, Checkpoint):
+                rt.checkpoint(sender, msg)
+            elif isinstance(msg, CheckpointAck):
+                rt.acknowledged(msg)
+            elif isinstance(msg, Forget):
+                rt.forget(msg)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_runtime_releases_the_route_only_after_the_standby_acknowledged() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        wire.hold = True
+        wire.rt["as1"].offered(offered("primary"))
+        wire.rt["as2"].offered(offered("standby"))
+        await settle()
+        # The service decided (route), the checkpoint is on its way, nothing released yet.
+        assert wire.to_switch["as1"] == []
+        assert [type(m) for _, _, m in wire.held] == [Checkpoint]
+        wire.deliver()  # the standby applies and acks; the ack releases the command
+        assert wire.to_switch["as1"] == [Command(call="c1", epoch=1, seq=1, action=Route(["1000"]))]
+        standby = wire.rt["as2"].instances["c1"]
+        assert standby.version == 1 and standby.role is Role.STANDBY
+        assert wire.to_switch["as2"] == []  # a standby never commands
+
+    asyncio.run(scenario())
+
+
+def test_a_service_error_rejects_the_call_instead_of_hanging_it() -> None:
+    class Broken(BasicCall):
+        async def offered(self, call: Any) -> None:
+            raise RuntimeError("bug in a service")
+
+    async def scenario() -> None:
+        wire = Wire()
+        wire.rt["as1"].services["basic"] = Broken(None)
+        wire.rt["as1"].offered(offered("primary"))
+        wire.rt["as2"].offered(offered("standby"))
+        await settle()
+        (cmd,) = wire.to_switch["as1"]
+        assert isinstance(cmd, Command) and cmd.action == Reject(500, "Service Error")
+        assert wire.rt["as1"].stats.handler_errors == 1
+
+    asyncio.run(scenario())
+
+
+# --- the arbiter: placement and fencing -----------------------------------------------------
+
+
+class FakeSwitch:
+    def __init__(self) -> None:
+        self.done: list[tuple[str, Any]] = []
+
+    def route(self, call: Any, targets: list[Target], now: float) -> None:
+        self.done.append(("route", [t.label for t in targets]))
+
+    def reject(self, call: Any, status: int, reason: str, now: float) -> None:
+        self.done.append(("reject", status))
+
+    def release(self, call: Any, now: float) -> None:
+        self.done.append(("release", None))
+
+
+class FakeCall:
+    def __init__(self, n: int) -> None:
+        self.id = f"c{n}"
+        self.dialled = "1000"
+        self.caller = "alice"
+        self.cause = "caller-bye"
+
+        class Req:
+            uri = "sip:1000@switch"
+
+            def get(self, name: str) -> str:
+                return "<sip:alice@x>;tag=1"
+
+        class Txn:
+            request = Req()
+
+        self.a_invite = Txn()
+
+
+def make_arbiter(names: list[str]) -> tuple[Arbiter, FakeSwitch, list[tuple[str, Any]]]:
+    config = load_config_text('[[routes]]\nprefix = "1"\ntarget = "127.0.0.1:5070"\n')
+    sent: list[tuple[str, Any]] = []
+    switch = FakeSwitch()
+    arbiter = Arbiter(
+        switch=switch,
+        routing=RoutingPlan(config, location=None),  # type: ignore[arg-type]
+        services=ServicePlan([]),
+        servers=[AppServer(name=n, peer=f"127.0.0.1:{6000 + i}") for i, n in enumerate(names)],
+        send=lambda server, msg: sent.append((server, msg)),
+        wall=lambda: 100.0,
+    )
+    for i, name in enumerate(names):
+        arbiter.server_up(name, incarnation=i + 1, pid=1000 + i)
+    return arbiter, switch, sent
+
+
+def test_two_servers_share_primaries_and_back_each_other_up() -> None:
+    arbiter, _, sent = make_arbiter(["as1", "as2"])
+    for n in range(100):
+        arbiter.offered(FakeCall(n), 0.0)  # type: ignore[arg-type]
+    status = {s["name"]: s for s in arbiter.servers_status()}
+    assert status["as1"]["primary"] == status["as2"]["primary"] == 50
+    assert status["as1"]["standby"] == status["as2"]["standby"] == 50
+    for own in arbiter.owned.values():
+        assert own.primary != own.standby
+    # Both instances of every call were told, with their roles.
+    roles = [(server, msg.role) for server, msg in sent if isinstance(msg, Offered)]
+    assert len(roles) == 200
+
+
+def test_three_servers_spread_each_servers_standbys_over_both_others() -> None:
+    arbiter, _, _ = make_arbiter(["as1", "as2", "as3"])
+    for n in range(300):
+        arbiter.offered(FakeCall(n), 0.0)  # type: ignore[arg-type]
+    pairs: dict[tuple[str, str], int] = {}
+    for own in arbiter.owned.values():
+        assert own.standby is not None and own.standby != own.primary
+        pairs[(own.primary, own.standby)] = pairs.get((own.primary, own.standby), 0) + 1
+    assert len(pairs) == 6  # every ordered pair is used
+    assert all(count == 50 for count in pairs.values())
+
+
+def test_no_live_server_means_503() -> None:
+    arbiter, switch, _ = make_arbiter(["as1", "as2"])
+    arbiter.server_down("as1")
+    arbiter.server_down("as2")
+    arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
+    assert switch.done == [("reject", 503)]
+
+
+def test_one_live_server_runs_calls_unprotected() -> None:
+    arbiter, _, _ = make_arbiter(["as1", "as2"])
+    arbiter.server_down("as2")
+    arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
+    assert arbiter.owned["c1"].primary == "as1"
+    assert arbiter.owned["c1"].standby is None
+
+
+def test_a_command_with_a_stale_epoch_or_from_the_standby_is_refused() -> None:
+    arbiter, switch, _ = make_arbiter(["as1", "as2"])
+    arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
+    own = arbiter.owned["c1"]
+    route = Route(["1000"])
+    arbiter.command(own.primary, Command(call="c1", epoch=0, seq=1, action=route), 0.0)
+    arbiter.command(own.standby or "", Command(call="c1", epoch=1, seq=1, action=route), 0.0)
+    assert switch.done == []
+    assert arbiter.stats.commands_refused_stale == 2
+    arbiter.command(own.primary, Command(call="c1", epoch=1, seq=1, action=route), 0.0)
+    assert switch.done == [("route", ["route:1"])]
+
+
+def test_a_repeated_command_is_executed_once() -> None:
+    arbiter, switch, _ = make_arbiter(["as1", "as2"])
+    arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
+    primary = arbiter.owned["c1"].primary
+    cmd = Command(call="c1", epoch=1, seq=1, action=Reject(486, "Busy Here"))
+    arbiter.command(primary, cmd, 0.0)
+    arbiter.command(primary, cmd, 0.0)  # re-sent, as after a takeover
+    assert switch.done == [("reject", 486)]
+    assert arbiter.stats.commands_duplicate == 1
+
+
+def test_events_go_to_both_instances_in_sequence() -> None:
+    arbiter, _, sent = make_arbiter(["as1", "as2"])
+    call = FakeCall(1)
+    arbiter.offered(call, 0.0)  # type: ignore[arg-type]
+    sent.clear()
+    arbiter.progress(call, 180, 0.0)  # type: ignore[arg-type]
+    arbiter.answered(call, 0.0)  # type: ignore[arg-type]
+    arbiter.released(call, 0.0)  # type: ignore[arg-type]
+    events = [(server, msg.seq, msg.kind) for server, msg in sent]
+    assert sorted(events) == sorted(
+        [(s, seq, kind) for s in ("as1", "as2")
+         for seq, kind in ((1, "progress"), (2, "answered"), (3, "released"))]
+    )  # fmt: skip
+    assert arbiter.owned == {}
+    assert all(s["primary"] == 0 and s["standby"] == 0 for s in arbiter.servers_status())
+
+
+def test_an_unroutable_destination_reports_route_failed_to_the_service() -> None:
+    arbiter, switch, sent = make_arbiter(["as1", "as2"])
+    arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
+    sent.clear()
+    primary = arbiter.owned["c1"].primary
+    arbiter.command(primary, Command(call="c1", epoch=1, seq=1, action=Route(["555"])), 0.0)
+    assert switch.done == []
+    assert {(msg.kind, msg.status) for _, msg in sent} == {("route_failed", 404)}

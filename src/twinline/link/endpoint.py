@@ -1,8 +1,9 @@
 """One end of a link (CTL or peer), sans-IO: bytes and `now` in, events and bytes out.
 
 The same class serves both sides of a TCP connection: the *acceptor* (the switch on a
-CTL, the listening server on a peer link) and the *connector*. Nothing here reads a
-clock, touches a socket or logs; `twinline.link.aio` drives it.
+CTL, the listening server on a peer link) and the *connector*. Nothing here touches a
+socket or logs, and time comes in as `now` (the one clock read is the injected
+`wall_clock`, for the informative `Heartbeat.sent_at`); `twinline.link.aio` drives it.
 
 States (a frame or call not shown for a state closes the link; every arrow to CLOSED
 yields exactly one `Closed(reason)`, after which the endpoint yields nothing more)::
@@ -23,9 +24,13 @@ secret; a `Received` event never comes before `Established`)::
     acceptor  -> Welcome(proof=welcome_proof(...), name, live)     (or Bye(reason), close)
     connector    verifies the acceptor's proof: mutual authentication
 
+Besides these, only a `Bye` is accepted before `Established`: it closes the link with
+the peer's reason, so a refused server logs why ("refused: unknown server"). Every
+close this side decides (a bad frame or proof included) sends a `Bye` with its reason.
+
 Proofs are HMAC-SHA256 keyed with the cluster secret over a label and the fields below,
-each variable-length field prefixed with its length (u32, big-endian) so no byte can
-move from one field to the next; integers are fixed-width big-endian::
+each variable-length field prefixed with its length (`lp x` = u32 len(x) | x) so no
+byte can move from one field to the next; integers are fixed-width big-endian::
 
     hello_proof   = HMAC(secret, b"hello" | u32 version | lp nonce_a | lp utf8 name
                                  | u64 incarnation | lp utf8 role | lp nonce_c)

@@ -217,6 +217,8 @@ def _check(config: Config) -> None:
     ):
         if not fvalue > 0:
             fail(key, f"{fvalue} must be greater than 0")
+    if sw.timers.t2 < sw.timers.t1:
+        fail("switch.timers.t2", f"{sw.timers.t2} must not be less than t1 ({sw.timers.t1})")
     seen: set[str] = set()
     for i, user in enumerate(config.users):
         if not re.fullmatch(r"[A-Za-z0-9_.!~*'()&=+$,;?/%-]+", user.name):
@@ -305,9 +307,13 @@ def load_config_text(text: str, *, source: str = "<config>") -> Config:
             message, path = str(e), ""
         key = _PATH_RE.sub("", path.rstrip("`"))
         unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
+        missing = re.fullmatch(r"Object missing required field `(.*)`", message)
         if unknown:
             key = f"{key}.{unknown[1]}" if key else unknown[1]
             message = "unknown key (check its spelling and section)"
+        elif missing:
+            key = f"{key}.{missing[1]}" if key else missing[1]
+            message = "missing (this key is required)"
         raise ConfigError(f"{key or '(top level)'}: {message}") from None
     _check(config)
     return config

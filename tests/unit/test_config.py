@@ -145,7 +145,7 @@ def test_unknown_key_is_named(text: str, message: str) -> None:
             "[[routes]]\nprefix = '9'\ntarget = 'h:5060'\ntransport = 'sctp'\n",
             "routes[0].transport: Invalid enum value 'sctp'",
         ),
-        ("[[users]]\nname = 'alice'\n", "users[0]: Object missing required field `password`"),
+        ("[[users]]\nname = 'alice'\n", "users[0].password: missing (this key is required)"),
     ],
 )
 def test_wrong_type_is_named(text: str, message: str) -> None:

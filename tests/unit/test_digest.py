@@ -172,7 +172,7 @@ def test_rfc2617_section_3_5_example():
         algorithm="MD5",
         username="Mufasa",
         realm="testrealm@host.com",
-        password="Circle Of Life",  # noqa: S106 - the RFC's example
+        password="Circle Of Life",
         method="GET",
         uri="/dir/index.html",
         nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
@@ -195,7 +195,7 @@ def test_rfc7616_section_3_9_1_examples(algorithm, expected):
         algorithm=algorithm,
         username="Mufasa",
         realm="http-auth@example.org",
-        password="Circle of Life",  # noqa: S106 - the RFC's example
+        password="Circle of Life",
         method="GET",
         uri="/dir/index.html",
         nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",

@@ -177,6 +177,26 @@ def _resolve(future: concurrent.futures.Future[T], value: T) -> None:
         future.set_result(value)
 
 
+def _while_busy(fn: Callable[[], T], patience: float) -> T:
+    """Run `fn`, again while SQLite reports the file busy, for up to `patience` seconds.
+
+    For the steps where SQLite returns SQLITE_BUSY at once, without calling the busy
+    handler: switching a file to WAL mode while another process opens it too, or
+    reading the WAL index while another connection recovers it. Sleeps: call it on the
+    writer or reader thread only.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.001
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if not _is_busy(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _connect(path: Path, busy_timeout: float, *, readonly: bool) -> sqlite3.Connection:
     try:
         # Autocommit mode (isolation_level=None): transactions are begun explicitly.
@@ -188,7 +208,9 @@ def _connect(path: Path, busy_timeout: float, *, readonly: bool) -> sqlite3.Conn
         if readonly:
             conn.execute("PRAGMA query_only = ON")
             return conn
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _while_busy(
+            lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0], busy_timeout
+        )
         if mode != "wal":
             log.warning(
                 "store: %s: WAL mode unavailable (journal mode %r); processes sharing the"
@@ -292,7 +314,7 @@ class _Writer:
         stop: _Barrier | None = None
         try:
             try:
-                old = migrate(conn)
+                old = _while_busy(lambda: migrate(conn), self._busy_timeout)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot migrate the database {str(self._path)!r}: {e}") from e
             if old != schema.SCHEMA_VERSION:

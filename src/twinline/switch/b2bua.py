@@ -160,7 +160,8 @@ class SwitchCore:
             self.stats.malformed_dropped += 1
             return
         self.stats.bad_requests_answered += 1
-        self._counted_send(source, response_to(req, error.status, error.reason).to_bytes())
+        resp = response_to(req, error.status, error.reason, to_tag=new_tag())
+        self._counted_send(source, resp.to_bytes())
 
     def _counted_send(self, address: Address, data: bytes) -> None:
         self.stats.sent += 1
@@ -181,7 +182,7 @@ class SwitchCore:
         if req.to_tag:
             found = self.dialogs.get((req.call_id, req.to_tag))
             if found is None:
-                self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
+                self._respond(txn, req, 481, "Call/Transaction Does Not Exist", tag=True)
                 return
             self._in_dialog(found[0], found[1], txn, req, now)
             return
@@ -197,13 +198,13 @@ class SwitchCore:
             )
         elif method == "REGISTER":
             if self.registrar is None:
-                self._respond(txn, req, 405, "Method Not Allowed", [("Allow", ALLOW)])
+                self._respond(txn, req, 405, "Method Not Allowed", [("Allow", ALLOW)], tag=True)
             else:
                 txn.respond(self.registrar.handle(req, txn.address, now), now)
         elif method in ("BYE", "UPDATE", "INFO", "PRACK", "NOTIFY"):
-            self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
+            self._respond(txn, req, 481, "Call/Transaction Does Not Exist", tag=True)
         else:
-            self._respond(txn, req, 405, "Method Not Allowed", [("Allow", ALLOW)])
+            self._respond(txn, req, 405, "Method Not Allowed", [("Allow", ALLOW)], tag=True)
 
     def ack_received(self, req: Request, source: Address, now: float) -> None:
         found = self.dialogs.get((req.call_id, req.to_tag))
@@ -240,8 +241,12 @@ class SwitchCore:
         owner = txn.owner
         if isinstance(owner, Relay):
             if isinstance(txn, ClientTransaction):
-                status = 408 if failure is Failure.TIMEOUT else 503
-                self._respond(owner.origin, owner.origin.request, status, failure.value)
+                status, reason = (
+                    (408, "Request Timeout")
+                    if failure is Failure.TIMEOUT
+                    else (503, "Service Unavailable")
+                )
+                self._respond(owner.origin, owner.origin.request, status, reason)
             owner.call.reinvite_pending = False
             return
         if not isinstance(owner, Call):
@@ -280,10 +285,20 @@ class SwitchCore:
     def release(self, call: Call, now: float) -> None:
         """Hang up a call on the controller's behalf, in whatever phase it is."""
         if call.state in (CallState.ROUTING, CallState.CALLING, CallState.RINGING):
-            self._cancel_callee(call, now)
-            self.reject(call, 480, "Temporarily Unavailable", now)
+            self._abandon_setup(call, 480, "Temporarily Unavailable", "released", now)
         else:
             self._release(call, Ending.SWITCH, now, cause="released")
+
+    def _abandon_setup(self, call: Call, status: int, reason: str, cause: str, now: float) -> None:
+        """End a call before it was answered: the caller gets `status`, the callee (if
+        one was tried) a CANCEL, and the call is gone when the callee confirms."""
+        self._respond(call.a_invite, call.a_invite.request, status, reason, tag=True)
+        call.cause = cause
+        if call.state is CallState.ROUTING:
+            self._end(call, now)
+            return
+        call.state = CallState.RELEASING
+        self._cancel_callee(call, now)
 
     # --- a new call ------------------------------------------------------------------------
     def _new_call(self, txn: ServerInviteTransaction, req: Request, now: float) -> None:
@@ -409,10 +424,10 @@ class SwitchCore:
         b = call.b
         assert b is not None
         if status < 200:
-            if status == 100:
-                return
             if call.cancel_pending:
-                self._send_cancel(call, now)
+                self._send_cancel(call, now)  # any provisional, 100 included (RFC 3261 9.1)
+                return
+            if status == 100:
                 return
             if call.state in (CallState.CALLING, CallState.RINGING):
                 first = call.state is CallState.CALLING
@@ -495,6 +510,8 @@ class SwitchCore:
         call.b_invite = None
         call.state = CallState.ROUTING
         call.cause = ""
+        if status >= 600:
+            call.targets = []  # a global failure: no other contact is tried (RFC 3261 21.6)
         if call.targets:
             self._try_next_target(call, now)
         elif self.control is not None:
@@ -522,20 +539,16 @@ class SwitchCore:
     def _cancel_from_caller(self, txn: ServerTransaction, req: Request, now: float) -> None:
         invite = self.layer.find_invite(req)
         if invite is None:
-            self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
+            self._respond(txn, req, 481, "Call/Transaction Does Not Exist", tag=True)
             return
-        self._respond(txn, req, 200, "OK", tag=True)
         call = invite.owner
+        # The 200 to the CANCEL carries the same To tag as the 487 (RFC 3261 9.2).
+        txn.owner = call
+        self._respond(txn, req, 200, "OK", tag=True)
         if invite.answered or not isinstance(call, Call):
             return  # too late: the final response went out (RFC 3261 9.2)
-        self._respond(invite, invite.request, 487, "Request Terminated", tag=True)
         self.stats.calls_cancelled += 1
-        call.cause = "cancelled"
-        if call.state is CallState.ROUTING:
-            self._end(call, now)
-            return
-        call.state = CallState.RELEASING
-        self._cancel_callee(call, now)
+        self._abandon_setup(call, 487, "Request Terminated", "cancelled", now)
 
     def _cancel_callee(self, call: Call, now: float) -> None:
         if call.no_answer is not None:
@@ -609,9 +622,13 @@ class SwitchCore:
             self._respond(txn, req, 200, "OK")
             if call.state in (CallState.RELEASING, CallState.ENDED):
                 return
-            if leg is call.b and call.state is not CallState.ANSWERED:
-                # The callee hung up an early dialog: treat as a failed route.
-                self._callee_failed(call, 480, "Temporarily Unavailable", now)
+            if call.state is not CallState.ANSWERED:
+                if leg is call.b:
+                    # The callee hung up an early dialog: treat as a failed route.
+                    self._callee_failed(call, 480, "Temporarily Unavailable", now)
+                else:
+                    # The caller gave up before the answer (RFC 3261 15.1.2): as CANCEL.
+                    self._abandon_setup(call, 487, "Request Terminated", "caller-bye", now)
                 return
             self._release(call, Ending.CALLER if leg is call.a else Ending.CALLEE, now)
             return
@@ -705,21 +722,21 @@ def _stamp_via(req: Request, source: Address) -> None:
     RFC 3581): `received` when the address differs from sent-by, and the port in an
     empty `rport`, so that a phone behind NAT learns its public address."""
     headers = req.headers
-    for i, (name, value) in enumerate(headers):
+    for i, (name, via) in enumerate(headers):
         if name != "Via":
             continue
         _, host, port = source
-        rport = value.find(";rport")
-        if rport >= 0 and value[rport + 6 : rport + 7] in ("", ";", " "):
-            value = f"{value[:rport]};received={host};rport={port}{value[rport + 6 :]}"
+        rport = via.find(";rport")
+        if rport >= 0 and via[rport + 6 : rport + 7] in ("", ";", " "):
+            stamped = f"{via[:rport]};received={host};rport={port}{via[rport + 6 :]}"
         else:
             try:
-                if parse_via(value).host == host:
+                if parse_via(via).host == host:
                     return
             except SipParseError:
                 return
-            value = f"{value};received={host}"
-        headers[i] = (name, value)
+            stamped = f"{via};received={host}"
+        headers[i] = (name, stamped)
         return
 
 

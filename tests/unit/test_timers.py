@@ -1,0 +1,130 @@
+"""TimerHeap: deadlines as data, fired by whoever owns the clock."""
+
+from __future__ import annotations
+
+from twinline.timers import TimerHeap
+
+
+def recorder(log: list[tuple[str, float]], name: str):  # type: ignore[no-untyped-def]
+    def callback(now: float) -> None:
+        log.append((name, now))
+
+    return callback
+
+
+def test_empty_heap_has_no_deadline_and_fires_nothing() -> None:
+    heap = TimerHeap()
+    assert heap.next_deadline() is None
+    assert heap.fire_due(100.0) == 0
+    assert len(heap) == 0
+
+
+def test_fires_in_deadline_order_whatever_the_scheduling_order() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    heap.schedule(3.0, recorder(log, "c"))
+    heap.schedule(1.0, recorder(log, "a"))
+    heap.schedule(2.0, recorder(log, "b"))
+    assert heap.next_deadline() == 1.0
+    assert heap.fire_due(5.0) == 3
+    assert log == [("a", 5.0), ("b", 5.0), ("c", 5.0)]
+    assert heap.next_deadline() is None
+
+
+def test_equal_deadlines_fire_in_scheduling_order() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    for name in "xyzw":
+        heap.schedule(1.0, recorder(log, name))
+    heap.fire_due(1.0)
+    assert [n for n, _ in log] == ["x", "y", "z", "w"]
+
+
+def test_fire_due_fires_only_what_is_due() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    heap.schedule(1.0, recorder(log, "a"))
+    heap.schedule(2.0, recorder(log, "b"))
+    assert heap.fire_due(0.999) == 0
+    assert log == []
+    assert heap.fire_due(1.0) == 1  # a deadline equal to now is due
+    assert log == [("a", 1.0)]
+    assert heap.next_deadline() == 2.0
+    assert len(heap) == 1
+
+
+def test_a_timer_fires_once() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    heap.schedule(1.0, recorder(log, "a"))
+    heap.fire_due(1.0)
+    assert heap.fire_due(2.0) == 0
+    assert log == [("a", 1.0)]
+
+
+def test_cancelled_timer_does_not_fire() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    a = heap.schedule(1.0, recorder(log, "a"))
+    heap.schedule(2.0, recorder(log, "b"))
+    a.cancel()
+    assert len(heap) == 1
+    assert heap.fire_due(3.0) == 1
+    assert log == [("b", 3.0)]
+
+
+def test_next_deadline_skips_cancelled_timers() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    a = heap.schedule(1.0, recorder(log, "a"))
+    b = heap.schedule(2.0, recorder(log, "b"))
+    heap.schedule(3.0, recorder(log, "c"))
+    a.cancel()
+    b.cancel()
+    assert heap.next_deadline() == 3.0
+    c_only = heap.fire_due(3.0)
+    assert c_only == 1
+    assert heap.next_deadline() is None
+
+
+def test_cancelling_every_timer_leaves_no_deadline() -> None:
+    heap = TimerHeap()
+    timers = [heap.schedule(float(i), lambda now: None) for i in range(5)]
+    for t in timers:
+        t.cancel()
+    assert heap.next_deadline() is None
+    assert len(heap) == 0
+
+
+def test_cancel_after_firing_is_harmless() -> None:
+    heap = TimerHeap()
+    a = heap.schedule(1.0, lambda now: None)
+    heap.fire_due(1.0)
+    a.cancel()
+    assert heap.next_deadline() is None
+
+
+def test_callback_may_schedule_and_cancel() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    later = heap.schedule(5.0, recorder(log, "later"))
+
+    def first(now: float) -> None:
+        log.append(("first", now))
+        later.cancel()
+        heap.schedule(now + 1.0, recorder(log, "rescheduled"))
+
+    heap.schedule(1.0, first)
+    heap.fire_due(1.0)
+    assert log == [("first", 1.0)]
+    assert heap.next_deadline() == 2.0
+    heap.fire_due(10.0)
+    assert log == [("first", 1.0), ("rescheduled", 10.0)]
+
+
+def test_timer_scheduled_by_a_callback_for_a_past_deadline_fires_in_the_same_call() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    heap.schedule(1.0, lambda now: heap.schedule(0.5, recorder(log, "late")))
+    assert heap.fire_due(2.0) == 2
+    assert log == [("late", 2.0)]

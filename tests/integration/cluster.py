@@ -1,0 +1,144 @@
+"""`twinline up` as a real set of processes for integration tests, and its database."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Cluster:
+    """A running `twinline up`: its config, its processes' output, its database."""
+
+    directory: Path
+    servers: int
+    callee_port: int
+    sip_port: int = field(default_factory=free_port)
+    link_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "twinline.toml"
+
+    @property
+    def db_path(self) -> Path:
+        return self.directory / "twinline.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "up.log"
+
+    @property
+    def sip_address(self) -> str:
+        return f"127.0.0.1:{self.sip_port}"
+
+    def write_config(self) -> None:
+        servers = "".join(
+            f'[[appservers]]\nname = "as{i + 1}"\npeer = "127.0.0.1:{free_port()}"\n\n'
+            for i in range(self.servers)
+        )
+        self.config_path.write_text(
+            f"""[switch]
+listen = ["udp:127.0.0.1:{self.sip_port}"]
+link = "127.0.0.1:{self.link_port}"
+http = "127.0.0.1:{self.http_port}"
+
+[database]
+url = "sqlite:///{self.db_path}"
+
+{servers}[[routes]]
+prefix = ""
+target = "127.0.0.1:{self.callee_port}"
+"""
+        )
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "twinline", "up", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twinline up exited at start:\n{self.log()}")
+            try:
+                status = self.status()
+            except (subprocess.CalledProcessError, json.JSONDecodeError):
+                status = None
+            servers_up = status and all(s["state"] == "up" for s in status["servers"])
+            if servers_up and self._peers_linked():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"twinline up did not come up in {timeout} s:\n{self.log()}")
+
+    def _peers_linked(self) -> bool:
+        # Each pair of servers has one peer link; both ends log it when it is up.
+        expected = self.servers * (self.servers - 1)
+        return self.log().count("peer link to") >= expected
+
+    def status(self) -> dict[str, Any]:
+        """What `twinline status --json` prints, as the operator's command gives it."""
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "twinline",
+                "status",
+                "--json",
+                "--config",
+                str(self.config_path),
+            ],
+            capture_output=True,
+            check=True,
+            timeout=10,
+        )
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGINT)  # as Ctrl-C
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return -9
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db_path) as db:
+            return db.execute(sql).fetchall()

@@ -78,6 +78,12 @@ SAMPLES: list[msgspec.Struct] = [
     ),
     m.CheckpointAck(call="c-1", version=5),
     m.Forget(call="c-1"),
+    m.Takeover(call="c-1", epoch=2, standby="as3", executed=4, event_seq=7),
+    m.Takeover(call="c-1", epoch=3, standby=None, executed=0, event_seq=0),
+    m.Protect(call="c-1", epoch=2, standby="as2"),
+    m.Drop(call="c-1"),
+    m.Owned(call="c-1", epoch=2),
+    m.Leaving(reason="SIGTERM"),
 ]
 
 ALL = m.PeerMessage | m.CtlToServer | m.CtlToSwitch

@@ -285,15 +285,15 @@ def test_three_servers_spread_each_servers_standbys_over_both_others() -> None:
 
 def test_no_live_server_means_503() -> None:
     arbiter, switch, _ = make_arbiter(["as1", "as2"])
-    arbiter.server_down("as1")
-    arbiter.server_down("as2")
+    arbiter.server_down("as1", "test", 0.0)
+    arbiter.server_down("as2", "test", 0.0)
     arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
     assert switch.done == [("reject", 503)]
 
 
 def test_one_live_server_runs_calls_unprotected() -> None:
     arbiter, _, _ = make_arbiter(["as1", "as2"])
-    arbiter.server_down("as2")
+    arbiter.server_down("as2", "test", 0.0)
     arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
     assert arbiter.owned["c1"].primary == "as1"
     assert arbiter.owned["c1"].standby is None

@@ -16,12 +16,17 @@ commands are released when the database has it.
 Roles::
 
     [standby] --takeover--> [primary]      (a new epoch, from the switch)
+
+A deposed primary is not told to stop: the switch refuses its commands by epoch and,
+when it reconnects, names the instances it may keep; it drops the others.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+
+import msgspec
 
 from twinline.link.messages import (
     Action,
@@ -50,6 +55,7 @@ class CallInstance:
         "epoch",
         "event_seq",
         "offered",
+        "pending",
         "record",
         "role",
         "standby",
@@ -73,6 +79,7 @@ class CallInstance:
         self.timers: dict[str, float] = {}
         self.commands_sent = 0
         self.unreleased: deque[tuple[int, list[Command]]] = deque()
+        self.pending: list[Command] = []  # standby: the checkpoint's commands not known done
         self.writes_done: set[str] = set()
         self.state_bytes = b""
         self.record = CallRecord(primaries=[offered.primary])
@@ -148,5 +155,26 @@ class CallInstance:
             self.commands_sent = cp.commands_sent
             self.writes_done = set(cp.writes_done)
             self.record = cp.record
+            self.pending = list(cp.pending)
             self.buffer = [e for e in self.buffer if e.seq > cp.event_seq]
         return CheckpointAck(call=self.call, version=self.version)
+
+    # --- takeover ----------------------------------------------------------------------------
+    def promote(self, epoch: int, standby: str | None, server: str) -> list[Command]:
+        """Become the call's primary. Returns the last checkpoint's pending commands,
+        stamped with the new epoch, to re-send (the switch drops those it executed)."""
+        self.role = Role.PRIMARY
+        self.epoch = epoch
+        self.standby = standby
+        self.record = msgspec.structs.replace(
+            self.record, primaries=[*self.record.primaries, server]
+        )
+        resend = [msgspec.structs.replace(c, epoch=epoch) for c in self.pending]
+        self.pending = []
+        return resend
+
+    def take_buffer(self) -> list[Event]:
+        """The events past the last checkpoint, in order, to replay as the new primary."""
+        events = sorted(self.buffer, key=lambda e: e.seq)
+        self.buffer = []
+        return events

@@ -23,12 +23,16 @@ from twinline.link.messages import (
     CallRecord,
     Checkpoint,
     CheckpointAck,
+    Drop,
     Event,
     Forget,
     LiveInstance,
     Offered,
+    Owned,
+    Protect,
     Reject,
     Release,
+    Takeover,
 )
 from twinline.services.api import Service, ServiceCall
 from twinline.store.base import Store
@@ -46,7 +50,19 @@ class TimerDue:
     due: float
 
 
-Input = Offered | Event | TimerDue
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Send the standby a full checkpoint (a new standby, or none any more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """The replay of a takeover is done: tell the switch."""
+
+    epoch: int
+
+
+Input = Offered | Event | TimerDue | Refresh | TakenOver
 
 
 @dataclass(slots=True)
@@ -57,6 +73,9 @@ class RuntimeStats:
     checkpoints_to_database: int = 0  # no standby, or no link to it
     checkpoints_applied: int = 0
     commands_released: int = 0
+    commands_resent: int = 0  # pending commands re-sent after a takeover
+    events_replayed: int = 0
+    takeovers: int = 0
     cdrs_written: int = 0
 
 
@@ -105,19 +124,69 @@ class AppServerRuntime:
         return primary, len(self.instances) - primary
 
     # --- from the switch -------------------------------------------------------------------
-    def welcome(self, live: list[LiveInstance]) -> None:
-        """The switch told us which instances it counts on; drop every other one."""
-        keep = {li.call for li in live}
-        for call in [c for c in self.instances if c not in keep]:
+    def welcome(self, live: list[LiveInstance]) -> int:
+        """The switch told us which instances it counts on; drop every other one (a
+        restart, or a primary deposed while it was frozen or cut off). Returns how
+        many were dropped."""
+        keep = {li.call: li for li in live}
+        stale = []
+        for call, inst in self.instances.items():
+            li = keep.get(call)
+            if (
+                li is None
+                or li.role != inst.role.value
+                or li.epoch > inst.epoch
+                and li.role == "primary"
+            ):
+                stale.append(call)
+        for call in stale:
             self._drop(call)
+        return len(stale)
 
     def offered(self, msg: Offered) -> None:
         inst = self.instances.get(msg.call)
-        if inst is None:
+        if inst is None or (msg.role == "standby" and inst.role is Role.PRIMARY):
             inst = CallInstance(msg)
+            self._drop(msg.call)
             self.instances[msg.call] = inst
         if inst.role is Role.PRIMARY:
             self._enqueue(inst, msg)
+
+    def takeover(self, msg: Takeover) -> bool:
+        """Become the call's primary: re-send, replay, re-arm, re-protect, report."""
+        inst = self.instances.get(msg.call)
+        if inst is None or inst.role is Role.PRIMARY:
+            return False  # nothing to take over from; the switch sees no Owned
+        self.stats.takeovers += 1
+        resend = [
+            c for c in inst.promote(msg.epoch, msg.standby, self.name) if c.seq > msg.executed
+        ]
+        self._states.pop(inst.call, None)  # decoded again from the checkpoint
+        self.stats.commands_resent += len(resend)
+        self._release(inst, resend)
+        if inst.version == 0:
+            self._enqueue(inst, inst.offered)  # no decision was checkpointed: decide again
+        replay = inst.take_buffer()
+        self.stats.events_replayed += len(replay)
+        for ev in replay:
+            self._enqueue(inst, ev)
+        if inst.version and not replay:
+            self._enqueue(inst, Refresh())  # fill the new standby
+        self._enqueue(inst, TakenOver(msg.epoch))
+        self._arm_timers(inst)  # overdue ones fire at once, after the replay
+        return True
+
+    def protect(self, msg: Protect) -> None:
+        inst = self.instances.get(msg.call)
+        if inst is None or inst.role is not Role.PRIMARY or msg.epoch != inst.epoch:
+            return
+        inst.standby = msg.standby
+        # Commands held for the old standby's ack go out once the new one (or the
+        # database) holds this checkpoint.
+        self._enqueue(inst, Refresh())
+
+    def drop(self, msg: Drop) -> None:
+        self._drop(msg.call)
 
     def event(self, ev: Event) -> None:
         inst = self.instances.get(ev.call)
@@ -172,6 +241,9 @@ class AppServerRuntime:
             self._queues.pop(inst.call, None)
 
     async def _run(self, inst: CallInstance, item: Input) -> None:
+        if isinstance(item, TakenOver):
+            self.to_switch(Owned(call=inst.call, epoch=item.epoch))
+            return
         service = self.services.get(inst.offered.service) or self.services["basic"]
         state = self._states.get(inst.call)
         if state is None:
@@ -181,6 +253,8 @@ class AppServerRuntime:
                 state = service.initial_state(inst.offered.info)
             self._states[inst.call] = state
         event_seq = item.seq if isinstance(item, Event) else inst.event_seq
+        if isinstance(item, Event) and item.seq <= inst.event_seq:
+            return  # replayed already (a takeover raced the switch's event)
         now = (
             item.at
             if isinstance(item, Event)
@@ -201,7 +275,9 @@ class AppServerRuntime:
         released = False
         self.stats.handler_runs += 1
         try:
-            if isinstance(item, Offered):
+            if isinstance(item, Refresh):
+                pass  # no handler: the checkpoint below is the point
+            elif isinstance(item, Offered):
                 await service.offered(call)
             elif isinstance(item, TimerDue):
                 await service.timer(call, item.name)

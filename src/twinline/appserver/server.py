@@ -26,10 +26,14 @@ from twinline.link.messages import (
     Checkpoint,
     CheckpointAck,
     CtlToServer,
+    Drop,
     Event,
     Forget,
+    Leaving,
     Offered,
     PeerMessage,
+    Protect,
+    Takeover,
     Welcome,
 )
 from twinline.services import SERVICES
@@ -96,14 +100,20 @@ class AppServerProcess:
                 self.runtime.event(msg)
             elif isinstance(msg, Offered):
                 self.runtime.offered(msg)
+            elif isinstance(msg, Takeover):
+                self.runtime.takeover(msg)
+            elif isinstance(msg, Protect):
+                self.runtime.protect(msg)
+            elif isinstance(msg, Drop):
+                self.runtime.drop(msg)
         elif isinstance(event, Established):
             assert isinstance(event.message, Welcome)
             self.ctl = link
-            self.runtime.welcome(event.message.live)
+            dropped = self.runtime.welcome(event.message.live)
             log.info(
-                "call tracking link to the switch is up (%d live instances kept)",
-                len(event.message.live),
-            )
+                "call tracking link to the switch is up: %d instances kept, %d stale ones dropped",
+                len(self.runtime.instances), dropped,
+            )  # fmt: skip
         elif isinstance(event, Closed):
             if self.ctl is link:
                 self.ctl = None
@@ -163,6 +173,24 @@ class AppServerProcess:
             await asyncio.sleep(RECONNECT_INTERVAL)
 
     # --- life cycle ---------------------------------------------------------------------------
+    async def _hand_over(self, timeout: float = 10.0) -> None:
+        """Before exiting, ask the switch to move this server's calls elsewhere and wait
+        until it has (every instance dropped), so that stopping affects no call."""
+        ctl = self.ctl
+        if ctl is None or not ctl.endpoint.established or not self.runtime.instances:
+            return
+        count = len(self.runtime.instances)
+        ctl.send(Leaving(reason="SIGTERM"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.runtime.instances and loop.time() < deadline and not ctl.closed:
+            await asyncio.sleep(0.05)
+        left = len(self.runtime.instances)
+        if left:
+            log.warning("stopping with %d of %d instances not handed over", left, count)
+        else:
+            log.info("handed over %d instances; stopping", count)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -180,6 +208,7 @@ class AppServerProcess:
         self._tasks.append(loop.create_task(self._keep_ctl()))
         log.info("application server %s up (peers on %s:%s)", self.name, host, port)
         await stop.wait()
+        await self._hand_over()
         self._stopping = True
         for task in self._tasks:
             task.cancel()

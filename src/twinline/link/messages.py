@@ -119,7 +119,48 @@ class Event(_Msg, tag="event", frozen=True, kw_only=True):
     cause: str = ""  # for "released": caller-bye, callee-bye, cancelled, ...
 
 
+class Takeover(_Msg, tag="takeover", frozen=True, kw_only=True):
+    """You are this call's primary now (its primary failed, or was handed over).
+
+    Replay the events past your last checkpoint, re-send its pending commands with
+    this epoch (the switch drops those it executed: `executed`), re-arm the timers,
+    fill `standby` with a full checkpoint, then answer `Owned`."""
+
+    call: str
+    epoch: int
+    standby: str | None
+    executed: int  # the highest command sequence number the switch executed
+    event_seq: int  # the last event the switch sent for the call
+
+
+class Protect(_Msg, tag="protect", frozen=True, kw_only=True):
+    """Your call has a new standby (or none left): send it a full checkpoint."""
+
+    call: str
+    epoch: int
+    standby: str | None
+
+
+class Drop(_Msg, tag="drop", frozen=True, kw_only=True):
+    """Let go of your instance of this call: it moved elsewhere on purpose."""
+
+    call: str
+
+
 # --- CTL: application server -> switch --------------------------------------------------
+
+
+class Owned(_Msg, tag="owned", frozen=True, kw_only=True):
+    """The takeover of a call is complete on its new primary."""
+
+    call: str
+    epoch: int
+
+
+class Leaving(_Msg, tag="leaving", frozen=True, kw_only=True):
+    """This server is stopping: hand its calls over and place nothing more on it."""
+
+    reason: str
 
 
 class Route(msgspec.Struct, tag="route", frozen=True):
@@ -188,6 +229,6 @@ class Forget(_Msg, tag="forget", frozen=True, kw_only=True):
     call: str
 
 
-CtlToServer = Challenge | Welcome | Heartbeat | Bye | Offered | Event
-CtlToSwitch = Hello | Heartbeat | Bye | Command
+CtlToServer = Challenge | Welcome | Heartbeat | Bye | Offered | Event | Takeover | Protect | Drop
+CtlToSwitch = Hello | Heartbeat | Bye | Command | Owned | Leaving
 PeerMessage = Challenge | Hello | Welcome | Heartbeat | Bye | Checkpoint | CheckpointAck | Forget

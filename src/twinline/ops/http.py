@@ -1,34 +1,60 @@
-"""The switch's HTTP API (aiohttp): what operators and `twinline status` read.
+"""The switch's HTTP API (aiohttp): what operators and the `twinline` command use.
 
-`GET /api/status` returns the switch's live view as JSON: the application servers
-with their state and load, and the call totals. The dashboard and the Prometheus
-metrics will be served from here too.
+- `GET /api/status`: the live view as JSON (servers with state and load, call totals,
+  recent takeovers).
+- `POST /api/servers/{name}/drain` (`?off=1` to undo) and `POST
+  /api/servers/{name}/handover`: planned maintenance.
+
+The dashboard and the Prometheus metrics will be served from here too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 log = logging.getLogger("twinline.ops")
 
-StatusSource = Callable[[], dict[str, Any]]
+
+class Operable(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+    def drain(self, name: str, on: bool) -> dict[str, Any]: ...
+
+    def handover(self, name: str) -> dict[str, Any]: ...
 
 
-def make_app(status: StatusSource) -> web.Application:
+def make_app(switch: Operable) -> web.Application:
     async def get_status(request: web.Request) -> web.Response:
-        return web.json_response(status())
+        return web.json_response(switch.status())
+
+    def server_name(request: web.Request) -> str:
+        name = request.match_info["name"]
+        known = [s["name"] for s in switch.status()["servers"]]
+        if name not in known:
+            raise web.HTTPNotFound(
+                text=f"no application server named {name!r} (known: {', '.join(known) or 'none'})"
+            )
+        return name
+
+    async def post_drain(request: web.Request) -> web.Response:
+        on = request.query.get("off") not in ("1", "true", "yes")
+        return web.json_response(switch.drain(server_name(request), on))
+
+    async def post_handover(request: web.Request) -> web.Response:
+        return web.json_response(switch.handover(server_name(request)))
 
     app = web.Application()
     app.router.add_get("/api/status", get_status)
+    app.router.add_post("/api/servers/{name}/drain", post_drain)
+    app.router.add_post("/api/servers/{name}/handover", post_handover)
     return app
 
 
-async def start_http(status: StatusSource, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(status), access_log=None)
+async def start_http(switch: Operable, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(switch), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -713,7 +713,8 @@ class SqliteStore(Store):
         try:
             if self._read_conn is None:
                 self._read_conn = _connect(self.path, self.busy_timeout, readonly=True)
-            return self._read_conn.execute(sql, params).fetchall()
+            conn = self._read_conn
+            return _while_busy(lambda: conn.execute(sql, params).fetchall(), self.busy_timeout)
         except sqlite3.Error as e:
             raise StoreError(f"query failed on {str(self.path)!r}: {e}") from e
 

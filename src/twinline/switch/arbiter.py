@@ -28,11 +28,15 @@ from twinline.link.messages import (
     Command,
     Event,
     EventKind,
+    Drop,
     LiveInstance,
     Offered,
+    Owned,
+    Protect,
     Reject,
     Release,
     Route,
+    Takeover,
 )
 from twinline.store.records import ActiveCall, Role
 from twinline.switch.call import Call
@@ -55,6 +59,10 @@ class Recorder(Protocol):
     def call_started(self, call: ActiveCall) -> None: ...
 
     def call_ended(self, call_id: str) -> None: ...
+
+    def call_updated(
+        self, call_id: str, primary: str, standby: str | None, epoch: int, state: str
+    ) -> None: ...
 
 
 class Switch(Protocol):
@@ -84,12 +92,47 @@ class ServerEntry:
 @dataclass(slots=True, eq=False)
 class Ownership:
     call: Call
-    primary: str
-    standby: str | None
+    primary: str | None  # None: both instances are gone; the switch finishes the call
+    standby: str | None  # None: the call runs unprotected
     service: str
+    offered: Offered  # how the call was offered, re-sent to each new standby
     epoch: int = 1
     event_seq: int = 0
     executed: int = 0  # the highest command sequence number executed
+
+
+@dataclass(slots=True, eq=False)
+class Takeovers:
+    """One server's failure (or handover) and the re-owning of its calls."""
+
+    server: str
+    reason: str
+    started: float  # monotonic, when the switch noticed
+    started_wall: float
+    calls: int = 0
+    pending: set[str] = field(default_factory=set)
+    reprotected: int = 0
+    unprotected: int = 0
+    orphaned: int = 0
+    finished: float | None = None
+    finished_wall: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        duration = (
+            None if self.finished is None else round((self.finished - self.started) * 1000, 1)
+        )
+        return {
+            "server": self.server,
+            "reason": self.reason,
+            "calls": self.calls,
+            "pending": len(self.pending),
+            "reprotected": self.reprotected,
+            "unprotected": self.unprotected,
+            "orphaned": self.orphaned,
+            "started_at": self.started_wall,
+            "completed_at": self.finished_wall,
+            "duration_ms": duration,
+        }
 
 
 @dataclass(slots=True)
@@ -99,6 +142,9 @@ class ArbiterStats:
     commands_duplicate: int = 0
     commands_unknown_call: int = 0
     calls_unplaced: int = 0  # no live application server: 503
+    takeovers: int = 0  # calls re-owned by their standby
+    reprotections: int = 0  # calls given a new standby
+    orphaned: int = 0  # calls whose primary and standby were both lost
 
 
 class ServicePlan:
@@ -138,10 +184,15 @@ class Arbiter:
         self.redundancy = redundancy
         self.owned: dict[str, Ownership] = {}
         self.stats = ArbiterStats()
+        self.runs: list[Takeovers] = []  # the latest first, a few kept for status
+        self._pending_by_call: dict[str, Takeovers] = {}
 
     # --- the servers -------------------------------------------------------------------------
     def server_up(self, name: str, incarnation: int, pid: int) -> list[LiveInstance]:
-        """A server completed its handshake; returns the instances it should keep."""
+        """A server completed its handshake; returns the instances it should keep.
+
+        Call `reprotect` once the link is accepted: calls left without a standby get
+        one, this server included."""
         entry = self.servers[name]
         entry.state = ServerState.UP
         entry.incarnation = incarnation
@@ -154,29 +205,171 @@ class Arbiter:
                 live.append(LiveInstance(own.call.id, own.epoch, "standby"))
         return live
 
-    def server_down(self, name: str) -> None:
+    def server_down(self, name: str, reason: str, now: float) -> Takeovers | None:
+        """A server failed (link closed or silent): its calls' standbys take over, and
+        the calls it was standby for get a new one."""
         entry = self.servers.get(name)
-        if entry is not None:
-            entry.state = ServerState.DOWN
+        if entry is None or entry.state is ServerState.DOWN:
+            return None
+        entry.state = ServerState.DOWN
+        return self._move_off(entry, reason, now, planned=False)
+
+    def drain(self, name: str, on: bool = True) -> None:
+        """No new calls (as primary or standby) for a server; its live calls stay."""
+        entry = self.servers[name]
+        if entry.state is not ServerState.DOWN:
+            entry.state = ServerState.DRAINING if on else ServerState.UP
+
+    def handover(self, name: str, now: float) -> Takeovers:
+        """Move a server's calls away on purpose: its primaries to their standbys, its
+        standbys to other servers. The server is drained first and keeps its link."""
+        entry = self.servers[name]
+        if entry.state is ServerState.UP:
+            entry.state = ServerState.DRAINING
+        return self._move_off(entry, "handover", now, planned=True)
+
+    def _move_off(self, entry: ServerEntry, reason: str, now: float, *, planned: bool) -> Takeovers:
+        run = Takeovers(entry.name, reason, now, self.wall())
+        for own in [o for o in self.owned.values() if entry.name in (o.primary, o.standby)]:
+            if own.primary == entry.name:
+                run.calls += 1
+                self._take_over(own, run, planned=planned)
+            else:
+                self._replace_standby(own, run, drop=planned)
+        self.runs.insert(0, run)
+        del self.runs[10:]
+        if not run.pending:
+            run.finished, run.finished_wall = now, run.started_wall
+        return run
+
+    def _take_over(self, own: Ownership, run: Takeovers, *, planned: bool) -> None:
+        old = own.primary
+        assert old is not None
+        new = own.standby
+        if new is None or self.servers[new].state is ServerState.DOWN:
+            # Nobody holds this call any more: the switch finishes it on its own.
+            self._unassign(own)
+            own.primary = own.standby = None
+            run.orphaned += 1
+            self.stats.orphaned += 1
+            return
+        self._unassign(own)
+        own.epoch += 1
+        standby = self._pick_standby(self.servers[new])
+        self._assign(own, new, standby.name if standby else None)
+        self.stats.takeovers += 1
+        run.pending.add(own.call.id)
+        self._pending_by_call[own.call.id] = run
+        self.send(
+            new,
+            Takeover(
+                call=own.call.id, epoch=own.epoch, standby=own.standby,
+                executed=own.executed, event_seq=own.event_seq,
+            ),
+        )  # fmt: skip
+        if planned:
+            self.send(old, Drop(call=own.call.id))
+        if standby is not None:
+            self._offer_standby(own)
+            run.reprotected += 1
+        else:
+            run.unprotected += 1
+        self._record(own)
+
+    def _replace_standby(self, own: Ownership, run: Takeovers | None, *, drop: bool) -> None:
+        old = own.standby
+        primary = own.primary
+        assert primary is not None
+        self._unassign(own)
+        standby = self._pick_standby(self.servers[primary])
+        self._assign(own, primary, standby.name if standby else None)
+        if drop and old is not None:
+            self.send(old, Drop(call=own.call.id))
+        self.send(primary, Protect(call=own.call.id, epoch=own.epoch, standby=own.standby))
+        if standby is not None:
+            self._offer_standby(own)
+            self.stats.reprotections += 1
+            if run is not None:
+                run.reprotected += 1
+        elif run is not None:
+            run.unprotected += 1
+        self._record(own)
+
+    def reprotect(self) -> int:
+        """Give every unprotected call a standby, if a live server can take it."""
+        count = 0
+        for own in list(self.owned.values()):
+            if own.standby is None and own.primary is not None:
+                primary = self.servers[own.primary]
+                if primary.state is not ServerState.DOWN and self._pick_standby(primary):
+                    self._replace_standby(own, None, drop=False)
+                    count += 1
+        return count
+
+    def owned_by(self, server: str, msg: Owned, now: float) -> Takeovers | None:
+        """A new primary finished taking a call over; returns the run if it completed."""
+        run = self._pending_by_call.pop(msg.call, None)
+        if run is None:
+            return None
+        run.pending.discard(msg.call)
+        if run.pending or run.finished is not None:
+            return None
+        run.finished, run.finished_wall = now, self.wall()
+        return run
+
+    # --- bookkeeping of roles -------------------------------------------------------------
+    def _assign(self, own: Ownership, primary: str, standby: str | None) -> None:
+        own.primary, own.standby = primary, standby
+        p = self.servers[primary]
+        p.primaries.add(own.call.id)
+        if standby is not None:
+            self.servers[standby].standbys.add(own.call.id)
+            p.standby_peers[standby] += 1
+
+    def _unassign(self, own: Ownership) -> None:
+        if own.primary is not None:
+            p = self.servers[own.primary]
+            p.primaries.discard(own.call.id)
+            if own.standby is not None:
+                p.standby_peers[own.standby] -= 1
+        if own.standby is not None:
+            self.servers[own.standby].standbys.discard(own.call.id)
+
+    def _pick_standby(self, primary: ServerEntry) -> ServerEntry | None:
+        if not self.redundancy:
+            return None
+        others = [
+            s for s in self.servers.values() if s is not primary and s.state is ServerState.UP
+        ]
+        if not others:
+            return None
+        return min(
+            others,
+            key=lambda s: (primary.standby_peers[s.name], len(s.standbys) / s.capacity, s.name),
+        )
+
+    def _offer_standby(self, own: Ownership) -> None:
+        assert own.standby is not None
+        msg = msgspec.structs.replace(
+            own.offered, epoch=own.epoch, role="standby", primary=own.primary, standby=own.standby
+        )
+        self.send(own.standby, msg)
+
+    def _record(self, own: Ownership) -> None:
+        if self.recorder is None or own.primary is None:
+            return
+        wall = self.wall()
+        self.recorder.placement(own.call.id, own.primary, "primary", own.epoch, wall)
+        if own.standby is not None:
+            self.recorder.placement(own.call.id, own.standby, "standby", own.epoch, wall)
+        self.recorder.call_updated(own.call.id, own.primary, own.standby, own.epoch, "moved")
 
     def place(self) -> tuple[ServerEntry, ServerEntry | None] | None:
         up = [s for s in self.servers.values() if s.state is ServerState.UP]
         if not up:
             return None
         primary = min(up, key=lambda s: (len(s.primaries) / s.capacity, s.placed, s.name))
-        standby = None
-        if self.redundancy:
-            others = [s for s in up if s is not primary]
-            if others:
-                standby = min(
-                    others,
-                    key=lambda s: (
-                        primary.standby_peers[s.name],
-                        len(s.standbys) / s.capacity,
-                        s.name,
-                    ),
-                )
-        return primary, standby
+        return primary, self._pick_standby(primary)
 
     # --- CallControl ---------------------------------------------------------------------------
     def offered(self, call: Call, now: float) -> None:
@@ -187,13 +380,6 @@ class Arbiter:
             return
         primary, standby = placed
         service = self.services.resolve(call.dialled, call.caller)
-        own = Ownership(call, primary.name, standby.name if standby else None, service)
-        self.owned[call.id] = own
-        primary.primaries.add(call.id)
-        primary.placed += 1
-        if standby is not None:
-            standby.standbys.add(call.id)
-            primary.standby_peers[standby.name] += 1
         wall = self.wall()
         req = call.a_invite.request
         info = CallInfo(
@@ -203,30 +389,31 @@ class Arbiter:
             callee_uri=req.uri,
             created=wall,
         )
-        for server, role in ((primary, "primary"), (standby, "standby")):
-            if server is None:
-                continue
-            self.send(
-                server.name,
-                Offered(
-                    call=call.id,
-                    epoch=own.epoch,
-                    role=role,  # type: ignore[arg-type]
-                    primary=own.primary,
-                    standby=own.standby,
-                    service=service,
-                    info=info,
-                ),
-            )
+        offered = Offered(
+            call=call.id,
+            epoch=1,
+            role="primary",
+            primary=primary.name,
+            standby=standby.name if standby else None,
+            service=service,
+            info=info,
+        )
+        own = Ownership(call, None, None, service, offered)
+        self.owned[call.id] = own
+        self._assign(own, primary.name, standby.name if standby else None)
+        primary.placed += 1
+        self.send(primary.name, offered)
+        if standby is not None:
+            self.send(standby.name, msgspec.structs.replace(offered, role="standby"))
         if self.recorder is not None:
             self.recorder.call_started(
                 ActiveCall(
                     call_id=call.id, caller=call.caller, callee=call.dialled, service=service,
-                    primary_server=own.primary, standby_server=own.standby, epoch=own.epoch,
+                    primary_server=primary.name, standby_server=own.standby, epoch=own.epoch,
                     state="setup", started_at=wall, updated_at=wall,
                 )
             )  # fmt: skip
-            self.recorder.placement(call.id, own.primary, "primary", own.epoch, wall)
+            self.recorder.placement(call.id, primary.name, "primary", own.epoch, wall)
             if own.standby is not None:
                 self.recorder.placement(call.id, own.standby, "standby", own.epoch, wall)
 
@@ -244,15 +431,10 @@ class Arbiter:
         if own is None:
             return
         self._send_event(own, "released", cause=call.cause)
-        primary = self.servers.get(own.primary)
-        if primary is not None:
-            primary.primaries.discard(call.id)
-            if own.standby is not None:
-                primary.standby_peers[own.standby] -= 1
-        if own.standby is not None:
-            standby = self.servers.get(own.standby)
-            if standby is not None:
-                standby.standbys.discard(call.id)
+        self._unassign(own)
+        run = self._pending_by_call.pop(call.id, None)
+        if run is not None:
+            run.pending.discard(call.id)
         if self.recorder is not None:
             self.recorder.call_ended(call.id)
 
@@ -274,7 +456,8 @@ class Arbiter:
             reason=reason,
             cause=cause,
         )
-        self.send(own.primary, event)
+        if own.primary is not None:
+            self.send(own.primary, event)
         if own.standby is not None:
             self.send(own.standby, event)
 
@@ -316,6 +499,9 @@ class Arbiter:
             self._send_event(own, "route_failed", status=failure.status, reason=failure.reason)
 
     # --- what operators see --------------------------------------------------------------------
+    def unprotected(self) -> int:
+        return sum(1 for o in self.owned.values() if o.standby is None and o.primary is not None)
+
     def servers_status(self) -> list[dict[str, object]]:
         return [
             {

@@ -21,7 +21,7 @@ from twinline.config import Config, parse_hostport, parse_listen
 from twinline.errors import StartupError
 from twinline.link.aio import AioLink, serve
 from twinline.link.endpoint import Closed, HelloReceived, LinkEndpoint, Received
-from twinline.link.messages import Command, CtlToSwitch
+from twinline.link.messages import Command, CtlToSwitch, Leaving, Owned
 from twinline.ops.http import start_http
 from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.message import Limits
@@ -29,7 +29,7 @@ from twinline.sip.transaction import Address
 from twinline.sip.transport import SipTransports
 from twinline.store import open_database
 from twinline.store.base import Store
-from twinline.switch.arbiter import Arbiter, ServicePlan
+from twinline.switch.arbiter import Arbiter, ServicePlan, Takeovers
 from twinline.switch.b2bua import SwitchCore
 from twinline.switch.control import PlanControl
 from twinline.switch.registrar import LocationService, Registrar
@@ -115,7 +115,7 @@ class SwitchServer:
             self.core.control = PlanControl(routing, self.core)
         host, port = parse_hostport(sw.http)
         try:
-            self._http = await start_http(self.status, host, port)
+            self._http = await start_http(self, host, port)
         except OSError as e:
             raise StartupError(
                 f"cannot listen on switch.http {sw.http}: {e.strerror or e}"
@@ -143,6 +143,18 @@ class SwitchServer:
             if isinstance(msg, Command):
                 arbiter.command(link.peer_name or "", msg, self.loop.time())
                 self._arm()
+            elif isinstance(msg, Owned):
+                run = arbiter.owned_by(link.peer_name or "", msg, self.loop.time())
+                if run is not None:
+                    self._log_run(run)
+            elif isinstance(msg, Leaving):
+                name = link.peer_name or ""
+                log.info(
+                    "application server %s is leaving (%s): handing its calls over",
+                    name,
+                    msg.reason,
+                )
+                self._log_run(arbiter.handover(name, self.loop.time()))
         elif isinstance(event, HelloReceived):
             hello = event.hello
             if hello.name not in arbiter.servers:
@@ -152,14 +164,52 @@ class SwitchServer:
             if old is not None and old is not link:
                 old.close("replaced by a new connection")
             self.links[hello.name] = link
-            link.accept(arbiter.server_up(hello.name, hello.incarnation, hello.pid))
-            log.info("application server %s joined (pid %d)", hello.name, hello.pid)
+            live = arbiter.server_up(hello.name, hello.incarnation, hello.pid)
+            link.accept(live)
+            count = arbiter.reprotect()
+            log.info(
+                "application server %s joined (pid %d, incarnation %x): keeps %d instances, "
+                "%d unprotected calls given a standby",
+                hello.name, hello.pid, hello.incarnation, len(live), count,
+            )  # fmt: skip
         elif isinstance(event, Closed):
-            name = link.peer_name
-            if name is not None and self.links.get(name) is link:
-                del self.links[name]
-                arbiter.server_down(name)
-                log.warning("application server %s left: %s", name, event.reason)
+            lost = link.peer_name
+            if lost is not None and self.links.get(lost) is link:
+                del self.links[lost]
+                log.warning("application server %s lost: %s", lost, event.reason)
+                run = arbiter.server_down(lost, event.reason, self.loop.time())
+                if run is not None:
+                    self._log_run(run)
+                self._arm()
+
+    def _log_run(self, run: Takeovers) -> None:
+        d = run.as_dict()
+        if run.finished is None:
+            log.info(
+                "moving %d calls off %s (%s): %d re-protected, %d unprotected, %d orphaned",
+                run.calls, run.server, run.reason, run.reprotected, run.unprotected, run.orphaned,
+            )  # fmt: skip
+        else:
+            log.info(
+                "takeover of %d calls from %s (%s) complete in %s ms: %d re-protected, "
+                "%d unprotected, %d orphaned",
+                run.calls, run.server, run.reason, d["duration_ms"], run.reprotected,
+                run.unprotected, run.orphaned,
+            )  # fmt: skip
+        if run.unprotected:
+            log.warning("%d calls run unprotected: no other live server", run.unprotected)
+
+    def drain(self, name: str, on: bool) -> dict[str, Any]:
+        assert self.arbiter is not None
+        self.arbiter.drain(name, on)
+        log.info("application server %s %s", name, "drained" if on else "undrained")
+        return {"server": name, "state": self.arbiter.servers[name].state.value}
+
+    def handover(self, name: str) -> dict[str, Any]:
+        assert self.arbiter is not None and self.loop is not None
+        run = self.arbiter.handover(name, self.loop.time())
+        self._log_run(run)
+        return run.as_dict()
 
     def _to_server(self, name: str, msg: msgspec.Struct) -> None:
         link = self.links.get(name)
@@ -191,6 +241,8 @@ class SwitchServer:
         }
         if self.arbiter is not None:
             result["commands"] = dataclasses.asdict(self.arbiter.stats)
+            result["calls"]["unprotected"] = self.arbiter.unprotected()
+            result["takeovers"] = [run.as_dict() for run in self.arbiter.runs]
         return result
 
     # --- the edge: bytes in, timer re-armed ----------------------------------------------

@@ -135,8 +135,7 @@ class AppServerRuntime:
             if (
                 li is None
                 or li.role != inst.role.value
-                or li.epoch > inst.epoch
-                and li.role == "primary"
+                or (li.epoch > inst.epoch and li.role == "primary")
             ):
                 stale.append(call)
         for call in stale:

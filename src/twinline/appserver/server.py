@@ -42,6 +42,7 @@ from twinline.store import open_store
 log = logging.getLogger("twinline.appserver")
 
 RECONNECT_INTERVAL = 0.5
+HANDOVER_TIMEOUT = 10.0  # seconds a stopping server waits for its calls to move
 
 
 class AppServerProcess:
@@ -173,7 +174,7 @@ class AppServerProcess:
             await asyncio.sleep(RECONNECT_INTERVAL)
 
     # --- life cycle ---------------------------------------------------------------------------
-    async def _hand_over(self, timeout: float = 10.0) -> None:
+    async def _hand_over(self) -> None:
         """Before exiting, ask the switch to move this server's calls elsewhere and wait
         until it has (every instance dropped), so that stopping affects no call."""
         ctl = self.ctl
@@ -182,8 +183,9 @@ class AppServerProcess:
         count = len(self.runtime.instances)
         ctl.send(Leaving(reason="SIGTERM"))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.runtime.instances and loop.time() < deadline and not ctl.closed:
+        deadline = loop.time() + HANDOVER_TIMEOUT
+        # Instances go away by several paths (Drop, Forget, calls ending): poll the count.
+        while self.runtime.instances and loop.time() < deadline and not ctl.closed:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         left = len(self.runtime.instances)
         if left:

@@ -26,9 +26,9 @@ from twinline.config import AppServer, PlanEntry
 from twinline.link.messages import (
     CallInfo,
     Command,
+    Drop,
     Event,
     EventKind,
-    Drop,
     LiveInstance,
     Offered,
     Owned,

@@ -104,6 +104,9 @@ class AppServer(_Section, frozen=True):
     name: str
     peer: str  # "HOST:PORT" where this server takes its peers' links
     capacity: int = 10000  # the calls it may be primary for; placement uses the ratio
+    # Where this server reaches the switch's call tracking links, when not at
+    # `switch.link` (a NAT, another interface, a proxy): "HOST:PORT".
+    ctl: str | None = None
 
 
 class Database(_Section, frozen=True):
@@ -265,6 +268,11 @@ def _check(config: Config) -> None:
             parse_hostport(server.peer)
         except ValueError as e:
             fail(f"appservers[{i}].peer", str(e))
+        if server.ctl is not None:
+            try:
+                parse_hostport(server.ctl)
+            except ValueError as e:
+                fail(f"appservers[{i}].ctl", str(e))
         if server.capacity < 1:
             fail(f"appservers[{i}].capacity", "must be at least 1")
     if not config.database.url.startswith(("sqlite:///", "postgresql://")):

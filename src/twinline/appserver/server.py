@@ -121,7 +121,7 @@ class AppServerProcess:
             log.warning("call tracking link to the switch closed: %s", event.reason)
 
     async def _keep_ctl(self) -> None:
-        host, port = parse_hostport(self.config.switch.link)
+        host, port = parse_hostport(self.me.ctl or self.config.switch.link)
         while not self._stopping:
             if self.ctl is None or self.ctl.closed:
                 self.ctl = None

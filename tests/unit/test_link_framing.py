@@ -83,6 +83,7 @@ SAMPLES: list[msgspec.Struct] = [
     m.Protect(call="c-1", epoch=2, standby="as2"),
     m.Drop(call="c-1"),
     m.Owned(call="c-1", epoch=2),
+    m.Finished(call="c-1", epoch=2),
     m.Leaving(reason="SIGTERM"),
 ]
 

@@ -19,11 +19,15 @@ from twinline.link.messages import (
     CheckpointAck,
     Command,
     Event,
+    Finished,
     Forget,
     Offered,
+    Owned,
+    Protect,
     Reject,
     Release,
     Route,
+    Takeover,
 )
 from twinline.services.basic import BasicCall
 from twinline.switch.arbiter import Arbiter, ServicePlan
@@ -348,3 +352,172 @@ def test_an_unroutable_destination_reports_route_failed_to_the_service() -> None
     arbiter.command(primary, Command(call="c1", epoch=1, seq=1, action=Route(["555"])), 0.0)
     assert switch.done == []
     assert {(msg.kind, msg.status) for _, msg in sent} == {("route_failed", 404)}
+
+
+# --- takeover, step by step ---------------------------------------------------------------
+
+
+def test_a_failed_primarys_calls_go_to_their_standbys_with_a_new_epoch() -> None:
+    arbiter, _, sent = make_arbiter(["as1", "as2", "as3"])
+    for n in range(6):
+        arbiter.offered(FakeCall(n), 0.0)  # type: ignore[arg-type]
+    victims = {c for c, o in arbiter.owned.items() if o.primary == "as1"}
+    standbys = {c: arbiter.owned[c].standby for c in victims}
+    backed_up_by_as1 = {c for c, o in arbiter.owned.items() if o.standby == "as1"}
+    sent.clear()
+    run = arbiter.server_down("as1", "connection lost", 10.0)
+    assert run is not None and run.calls == len(victims) == 2
+    takeovers = {msg.call: (server, msg) for server, msg in sent if isinstance(msg, Takeover)}
+    assert set(takeovers) == victims
+    for call, (server, msg) in takeovers.items():
+        assert server == standbys[call]  # the standby becomes primary
+        assert msg.epoch == 2
+        own = arbiter.owned[call]
+        assert own.primary == server and own.standby not in (None, "as1", server)
+    # Each moved call got a new standby on the third server, filled by an Offered.
+    offers = [(server, msg) for server, msg in sent if isinstance(msg, Offered)]
+    assert {m.call for _, m in offers} >= victims
+    # Calls whose standby was on as1 got a new standby too (Protect to their primary).
+    protected = {msg.call for _, msg in sent if isinstance(msg, Protect)}
+    assert protected == backed_up_by_as1 and protected
+    assert arbiter.unprotected() == 0
+    # The run completes when every new primary reports Owned.
+    for call, (server, _msg) in takeovers.items():
+        done = arbiter.owned_by(server, Owned(call=call, epoch=2), 10.05)
+    assert done is run and run.finished == 10.05
+
+
+def test_the_deposed_primary_is_fenced_and_the_new_one_deduplicated() -> None:
+    arbiter, switch, _ = make_arbiter(["as1", "as2"])
+    arbiter.offered(FakeCall(1), 0.0)  # type: ignore[arg-type]
+    own = arbiter.owned["c1"]
+    old, new = own.primary, own.standby
+    assert old and new
+    route = Route(["1000"])
+    arbiter.command(old, Command(call="c1", epoch=1, seq=1, action=route), 0.0)
+    assert switch.done == [("route", ["route:1"])]
+    arbiter.server_down(old, "no heartbeat for 300 ms", 1.0)
+    # The frozen primary wakes up and commands: refused, whatever the seq.
+    arbiter.command(old, Command(call="c1", epoch=1, seq=2, action=Release()), 1.1)
+    # The new primary re-sends the checkpoint's pending command: executed already.
+    arbiter.command(new, Command(call="c1", epoch=2, seq=1, action=route), 1.1)
+    assert switch.done == [("route", ["route:1"])]
+    assert arbiter.stats.commands_refused_stale == 1
+    assert arbiter.stats.commands_duplicate == 1
+    arbiter.command(new, Command(call="c1", epoch=2, seq=2, action=Release()), 1.2)
+    assert switch.done[-1] == ("release", None)
+    # With no other server, the moved call runs unprotected and says so.
+    assert arbiter.unprotected() == 1
+
+
+def test_a_rejoining_server_is_told_what_to_keep_and_refills_the_unprotected() -> None:
+    arbiter, _, sent = make_arbiter(["as1", "as2"])
+    for n in range(4):
+        arbiter.offered(FakeCall(n), 0.0)  # type: ignore[arg-type]
+    arbiter.server_down("as1", "connection lost", 1.0)
+    assert arbiter.unprotected() == 4
+    live = arbiter.server_up("as1", incarnation=99, pid=4242)
+    assert live == []  # it holds nothing any more: everything it had moved
+    sent.clear()
+    assert arbiter.reprotect() == 4
+    assert arbiter.unprotected() == 0
+    assert {(server, type(msg).__name__) for server, msg in sent} == {
+        ("as2", "Protect"),
+        ("as1", "Offered"),
+    }
+
+
+def test_a_call_released_before_its_cdr_is_finished_by_the_standby() -> None:
+    arbiter, _, sent = make_arbiter(["as1", "as2"])
+    call = FakeCall(1)
+    arbiter.offered(call, 0.0)  # type: ignore[arg-type]
+    own = arbiter.owned["c1"]
+    old, new = own.primary, own.standby
+    assert old and new
+    arbiter.released(call, 1.0)  # type: ignore[arg-type]
+    assert "c1" in arbiter.finishing
+    sent.clear()
+    arbiter.server_down(old, "connection lost", 1.1)  # before it confirmed the CDR
+    ((server, msg),) = [(s, m) for s, m in sent if isinstance(m, Takeover)]
+    assert server == new and msg.call == "c1"
+    arbiter.finished(new, Finished(call="c1", epoch=msg.epoch))
+    assert arbiter.finishing == {}
+
+
+def test_the_new_primary_resends_pending_commands_and_replays_events() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        wire.rt["as1"].offered(offered("primary"))
+        wire.rt["as2"].offered(offered("standby"))
+        await settle()
+        assert len(wire.to_switch["as1"]) == 1  # Route, released after the standby's ack
+        # The switch reports ringing; the primary dies before checkpointing it.
+        wire.hold = True
+        for rt in wire.rt.values():
+            rt.event(event(1, "progress"))
+        await settle()
+        wire.held.clear()  # its checkpoint is lost with it
+        standby = wire.rt["as2"]
+        assert [e.seq for e in standby.instances["c1"].buffer] == [1]
+        # The switch executed Route (seq 1) and makes as2 primary with epoch 2.
+        wire.hold = False
+        standby.takeover(Takeover(call="c1", epoch=2, standby=None, executed=1, event_seq=1))
+        await settle()
+        inst = standby.instances["c1"]
+        assert inst.role is Role.PRIMARY and inst.epoch == 2
+        assert inst.event_seq == 1  # the buffered event was replayed
+        assert inst.record.primaries == ["as1", "as2"]
+        assert wire.to_switch["as2"] == [Owned(call="c1", epoch=2)]
+        assert standby.stats.events_replayed == 1
+        assert standby.stats.commands_resent == 0  # Route was executed: not re-sent
+
+    asyncio.run(scenario())
+
+
+def test_a_takeover_before_any_checkpoint_decides_the_call_again() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        wire.hold = True
+        wire.rt["as1"].offered(offered("primary"))
+        wire.rt["as2"].offered(offered("standby"))
+        await settle()
+        wire.held.clear()  # the primary died with its first checkpoint unsent
+        assert wire.to_switch["as1"] == []
+        wire.hold = False
+        wire.rt["as2"].takeover(Takeover(call="c1", epoch=2, standby=None, executed=0, event_seq=0))
+        await settle()
+        assert wire.to_switch["as2"] == [
+            Command(call="c1", epoch=2, seq=1, action=Route(["1000"])),
+            Owned(call="c1", epoch=2),
+        ]
+
+    asyncio.run(scenario())
+
+
+def test_an_overdue_timer_fires_at_once_on_the_new_primary() -> None:
+    class Timed(BasicCall):
+        async def offered(self, call: Any) -> None:
+            call.set_timer("limit", after=0.0)  # due at the call's start: long overdue
+
+        async def timer(self, call: Any, name: str) -> None:
+            call.release()
+
+    async def scenario() -> None:
+        wire = Wire()
+        for rt in wire.rt.values():
+            rt.services["basic"] = Timed(None)
+        wire.hold = True
+        wire.rt["as1"].offered(offered("primary"))
+        wire.rt["as2"].offered(offered("standby"))
+        await settle()
+        wire.deliver()  # the standby holds the checkpoint with the timer
+        wire.rt["as1"].instances.clear()  # as1 dies
+        wire.hold = False
+        wire.rt["as2"].takeover(Takeover(call="c1", epoch=2, standby=None, executed=0, event_seq=0))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        fired = [m for m in wire.to_switch["as2"] if isinstance(m, Command)]
+        assert [c.action for c in fired] == [Release()]
+        assert fired[0].epoch == 2
+
+    asyncio.run(scenario())

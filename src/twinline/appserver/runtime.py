@@ -25,6 +25,7 @@ from twinline.link.messages import (
     CheckpointAck,
     Drop,
     Event,
+    Finished,
     Forget,
     LiveInstance,
     Offered,
@@ -355,6 +356,7 @@ class AppServerRuntime:
             if inst.version and inst.standby is None:
                 await self.store.drop_checkpoint(inst.call)
         self.stats.cdrs_written += 1
+        self.to_switch(Finished(call=inst.call, epoch=inst.epoch))
         if inst.standby is not None:
             self.to_peer(inst.standby, Forget(call=inst.call))
         self._drop(inst.call)

@@ -157,6 +157,13 @@ class Owned(_Msg, tag="owned", frozen=True, kw_only=True):
     epoch: int
 
 
+class Finished(_Msg, tag="finished", frozen=True, kw_only=True):
+    """The call is over and its CDR is durable: the switch forgets it."""
+
+    call: str
+    epoch: int
+
+
 class Leaving(_Msg, tag="leaving", frozen=True, kw_only=True):
     """This server is stopping: hand its calls over and place nothing more on it."""
 
@@ -230,5 +237,5 @@ class Forget(_Msg, tag="forget", frozen=True, kw_only=True):
 
 
 CtlToServer = Challenge | Welcome | Heartbeat | Bye | Offered | Event | Takeover | Protect | Drop
-CtlToSwitch = Hello | Heartbeat | Bye | Command | Owned | Leaving
+CtlToSwitch = Hello | Heartbeat | Bye | Command | Owned | Finished | Leaving
 PeerMessage = Challenge | Hello | Welcome | Heartbeat | Bye | Checkpoint | CheckpointAck | Forget

@@ -29,6 +29,7 @@ from twinline.link.messages import (
     Drop,
     Event,
     EventKind,
+    Finished,
     LiveInstance,
     Offered,
     Owned,
@@ -38,8 +39,8 @@ from twinline.link.messages import (
     Route,
     Takeover,
 )
-from twinline.store.records import ActiveCall, Role
-from twinline.switch.call import Call
+from twinline.store.records import ActiveCall, Cdr, Role
+from twinline.switch.call import Call, CallState
 from twinline.switch.routing import NoRoute, RoutingPlan, Target
 
 Send = Callable[[str, msgspec.Struct], None]
@@ -59,6 +60,8 @@ class Recorder(Protocol):
     def call_started(self, call: ActiveCall) -> None: ...
 
     def call_ended(self, call_id: str) -> None: ...
+
+    def write_cdr(self, cdr: Cdr) -> None: ...
 
     def call_updated(
         self, call_id: str, primary: str, standby: str | None, epoch: int, state: str
@@ -184,6 +187,9 @@ class Arbiter:
         self.redundancy = redundancy
         self.owned: dict[str, Ownership] = {}
         self.stats = ArbiterStats()
+        # Calls the switch released whose primary has not yet confirmed their CDR: a
+        # failure now still needs a takeover, or the CDR would be lost.
+        self.finishing: dict[str, Ownership] = {}
         self.runs: list[Takeovers] = []  # the latest first, a few kept for status
         self._pending_by_call: dict[str, Takeovers] = {}
 
@@ -230,6 +236,8 @@ class Arbiter:
 
     def _move_off(self, entry: ServerEntry, reason: str, now: float, *, planned: bool) -> Takeovers:
         run = Takeovers(entry.name, reason, now, self.wall())
+        for own in [o for o in self.finishing.values() if o.primary == entry.name]:
+            self._finish_elsewhere(own, run, planned=planned)
         for own in [o for o in self.owned.values() if entry.name in (o.primary, o.standby)]:
             if own.primary == entry.name:
                 run.calls += 1
@@ -247,11 +255,15 @@ class Arbiter:
         assert old is not None
         new = own.standby
         if new is None or self.servers[new].state is ServerState.DOWN:
-            # Nobody holds this call any more: the switch finishes it on its own.
+            # Nobody holds this call any more: the switch finishes it on its own. An
+            # established call goes on until a party hangs up; one in setup has no
+            # one to decide for it and is released.
             self._unassign(own)
             own.primary = own.standby = None
             run.orphaned += 1
             self.stats.orphaned += 1
+            if own.call.state is not CallState.ANSWERED:
+                self.switch.release(own.call, run.started)
             return
         self._unassign(own)
         own.epoch += 1
@@ -275,6 +287,34 @@ class Arbiter:
         else:
             run.unprotected += 1
         self._record(own)
+
+    def _finish_elsewhere(self, own: Ownership, run: Takeovers, *, planned: bool) -> None:
+        """A released call's primary went before confirming its CDR: the standby, which
+        holds the release event, takes over just to finish it."""
+        old, new = own.primary, own.standby
+        if new is None or self.servers[new].state is ServerState.DOWN:
+            del self.finishing[own.call.id]
+            run.orphaned += 1
+            self.stats.orphaned += 1
+            return
+        own.epoch += 1
+        own.primary, own.standby = new, None
+        run.calls += 1
+        self.stats.takeovers += 1
+        self.send(
+            new,
+            Takeover(
+                call=own.call.id, epoch=own.epoch, standby=None,
+                executed=own.executed, event_seq=own.event_seq,
+            ),
+        )  # fmt: skip
+        if planned and old is not None:
+            self.send(old, Drop(call=own.call.id))
+
+    def finished(self, server: str, msg: Finished) -> None:
+        own = self.finishing.get(msg.call)
+        if own is not None and own.primary == server:
+            del self.finishing[msg.call]
 
     def _replace_standby(self, own: Ownership, run: Takeovers | None, *, drop: bool) -> None:
         old = own.standby
@@ -432,11 +472,33 @@ class Arbiter:
             return
         self._send_event(own, "released", cause=call.cause)
         self._unassign(own)
+        if own.primary is not None:
+            self.finishing[call.id] = own
+        elif self.recorder is not None:
+            # Both instances were lost: the switch writes what it knows.
+            self.recorder.write_cdr(self._switch_cdr(own))
         run = self._pending_by_call.pop(call.id, None)
         if run is not None:
             run.pending.discard(call.id)
         if self.recorder is not None:
             self.recorder.call_ended(call.id)
+
+    def _switch_cdr(self, own: Ownership) -> Cdr:
+        call = own.call
+        now = self.wall()
+        offered = own.offered.info.created
+        answered = None
+        if call.answered_at is not None:
+            # The call's own times are on the switch's monotonic clock: convert.
+            answered = offered + (call.answered_at - call.created)
+        return Cdr(
+            call_id=call.id, caller=call.caller, callee=call.dialled, service=own.service,
+            started_at=offered, answered_at=answered, ended_at=now,
+            disposition="answered" if answered else "failed", status=200 if answered else 0,
+            cause=f"{call.cause} (instances lost)", primaries=(own.offered.primary,),
+            standby_servers=(own.offered.standby,) if own.offered.standby else (),
+            epoch=own.epoch,
+        )  # fmt: skip
 
     def _event(self, call: Call, kind: EventKind, *, status: int = 0, reason: str = "") -> None:
         own = self.owned.get(call.id)

@@ -21,7 +21,7 @@ from twinline.config import Config, parse_hostport, parse_listen
 from twinline.errors import StartupError
 from twinline.link.aio import AioLink, serve
 from twinline.link.endpoint import Closed, HelloReceived, LinkEndpoint, Received
-from twinline.link.messages import Command, CtlToSwitch, Leaving, Owned
+from twinline.link.messages import Command, CtlToSwitch, Finished, Leaving, Owned
 from twinline.ops.http import start_http
 from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.message import Limits
@@ -143,6 +143,8 @@ class SwitchServer:
             if isinstance(msg, Command):
                 arbiter.command(link.peer_name or "", msg, self.loop.time())
                 self._arm()
+            elif isinstance(msg, Finished):
+                arbiter.finished(link.peer_name or "", msg)
             elif isinstance(msg, Owned):
                 run = arbiter.owned_by(link.peer_name or "", msg, self.loop.time())
                 if run is not None:

@@ -38,18 +38,20 @@ def effective_config(
 ) -> tuple[Config, Path | None]:
     """The configuration `up` runs: the file's own servers (the first N), or N made up."""
     if config.appservers:
-        if servers is not None:
-            if servers > len(config.appservers):
-                raise ConfigError(
-                    f"appservers: --servers {servers} asks for more than the "
-                    f"{len(config.appservers)} the configuration lists"
-                )
-            config = msgspec.structs.replace(config, appservers=config.appservers[:servers])
-        return config, None
-    count = 2 if servers is None else servers
-    host, port = parse_hostport(config.switch.link)
-    made = [AppServer(name=f"as{i + 1}", peer=f"{host}:{port + 1 + i}") for i in range(count)]
-    config = msgspec.structs.replace(config, appservers=made)
+        if servers is None or servers == len(config.appservers):
+            return config, None
+        if servers > len(config.appservers):
+            raise ConfigError(
+                f"appservers: --servers {servers} asks for more than the "
+                f"{len(config.appservers)} the configuration lists"
+            )
+        # Every process must see the same list of servers: write the subset out.
+        config = msgspec.structs.replace(config, appservers=config.appservers[:servers])
+    else:
+        count = 2 if servers is None else servers
+        host, port = parse_hostport(config.switch.link)
+        made = [AppServer(name=f"as{i + 1}", peer=f"{host}:{port + 1 + i}") for i in range(count)]
+        config = msgspec.structs.replace(config, appservers=made)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "twinline-up.toml"
     path.write_bytes(msgspec.toml.encode(_without_none(msgspec.to_builtins(config))))
@@ -85,10 +87,13 @@ class Supervisor:
 
     def start(self) -> None:
         switch = self.children[0]
-        switch.proc = subprocess.Popen(switch.argv)  # noqa: S603 - our own interpreter
+        # Each child in a session of its own: Ctrl-C in the terminal reaches only this
+        # supervisor, which then stops the servers first (they hand over) and the
+        # switch last.
+        switch.proc = subprocess.Popen(switch.argv, start_new_session=True)  # noqa: S603
         self._wait_for_switch()
         for child in self.children[1:]:
-            child.proc = subprocess.Popen(child.argv)  # noqa: S603
+            child.proc = subprocess.Popen(child.argv, start_new_session=True)  # noqa: S603
 
     def _wait_for_switch(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -269,7 +269,8 @@ class AppServerRuntime:
             del timers[item.name]
         call = ServiceCall(
             inst.call, inst.offered.info, state, now=now, event_seq=event_seq,
-            timers=timers, writes_done=set(inst.writes_done), store=self.store,
+            step=inst.version + 1, timers=timers, writes_done=set(inst.writes_done),
+            store=self.store,
         )  # fmt: skip
         record = inst.record
         released = False
@@ -300,6 +301,7 @@ class AppServerRuntime:
         for action in call.actions:
             if isinstance(action, Reject):
                 record = msgspec.structs.replace(record, status=action.status, reason=action.reason)
+        self._states[inst.call] = call.state  # a handler may have replaced the object
         if released:
             assert isinstance(item, Event)
             await self._finish(inst, record, item)

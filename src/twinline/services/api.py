@@ -50,6 +50,7 @@ class ServiceCall(Generic[S]):
         "info",
         "now",
         "state",
+        "step",
         "timers",
         "writes_done",
     )
@@ -62,6 +63,7 @@ class ServiceCall(Generic[S]):
         *,
         now: float,
         event_seq: int,
+        step: int,
         timers: dict[str, float],
         writes_done: set[str],
         store: Store | None,
@@ -71,6 +73,9 @@ class ServiceCall(Generic[S]):
         self.state = state
         self.now = now  # wall-clock time of the event at the switch
         self.event_seq = event_seq
+        # This handler run's place in the call's history: the checkpoint version it
+        # produces, the same on a standby that replays it.
+        self.step = step
         self.timers = timers  # name -> wall-clock deadline; the framework arms them
         self.actions: list[Action] = []
         self.writes_done = writes_done
@@ -108,12 +113,12 @@ class ServiceCall(Generic[S]):
 
     # --- side effects outside the call -----------------------------------------------
     async def once(self, kind: str, statements: Sequence[Statement]) -> bool:
-        """Apply database `statements` exactly once for this call, event and step.
+        """Apply database `statements` exactly once for this call, handler run and step.
 
         Returns False when they had been applied already (a replay after takeover).
         """
         self._writes += 1
-        key = f"{self.id}/{self.event_seq}/{self._writes}/{kind}"
+        key = f"{self.id}/{self.step}/{self._writes}/{kind}"
         if key in self.writes_done:
             return False
         if self._store is None:

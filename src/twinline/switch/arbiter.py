@@ -39,6 +39,8 @@ from twinline.link.messages import (
     Route,
     Takeover,
 )
+from twinline.sip.errors import SipParseError
+from twinline.sip.message import parse_name_addr
 from twinline.store.records import ActiveCall, Cdr, Role
 from twinline.switch.call import Call, CallState
 from twinline.switch.routing import NoRoute, RoutingPlan, Target
@@ -148,6 +150,13 @@ class ArbiterStats:
     takeovers: int = 0  # calls re-owned by their standby
     reprotections: int = 0  # calls given a new standby
     orphaned: int = 0  # calls whose primary and standby were both lost
+
+
+def _uri_of(header: str) -> str:
+    try:
+        return parse_name_addr(header).uri
+    except SipParseError:
+        return ""
 
 
 class ServicePlan:
@@ -425,7 +434,7 @@ class Arbiter:
         info = CallInfo(
             caller=call.caller,
             callee=call.dialled,
-            caller_uri=req.get("From") or "",
+            caller_uri=_uri_of(req.get("From") or ""),
             callee_uri=req.uri,
             created=wall,
         )

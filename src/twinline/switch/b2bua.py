@@ -92,6 +92,7 @@ class SwitchStats:
     calls_cancelled: int = 0
     calls_overload_rejected: int = 0
     calls_completed: int = 0
+    routes_refused: int = 0  # a route command for a call not waiting for one
 
 
 class Ending(enum.Enum):
@@ -117,6 +118,7 @@ class SwitchCore:
         retry_after: int = 5,
         no_answer_timeout: float = 60.0,
         registrar: Registrar | None = None,
+        call_id_prefix: str = "c",
     ) -> None:
         """`local` maps each transport ("udp", "tcp") to the host and port the switch
         advertises for it in Via and Contact."""
@@ -134,6 +136,9 @@ class SwitchCore:
         # (SIP Call-ID, our tag) -> the leg: how in-dialog requests find their call.
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self.stats = SwitchStats()
+        # Call ids must never repeat, across restarts too: CDRs and side-effect keys
+        # are keyed by them. The process gives a prefix of its own (see server.py).
+        self._id_prefix = call_id_prefix
         self._ids = count(1)
         # The time of the input being handled, for the few helpers deep in a call's
         # handling that arm timers; every entry point sets it first.
@@ -267,8 +272,14 @@ class SwitchCore:
 
     # --- commands from the call's controller ---------------------------------------------
     def route(self, call: Call, targets: list[Target], now: float) -> None:
-        """Try `targets` in turn until one answers; if all fail, the controller decides."""
-        if call.state not in (CallState.ROUTING, CallState.CALLING, CallState.RINGING):
+        """Try `targets` in turn until one answers; if all fail, the controller decides.
+
+        Only a call waiting for a decision can be routed: while a callee rings, a new
+        route would start a second B-leg next to it. A service that wants to move on
+        releases the call or waits for `route_failed` (cancelling a ringing attempt to
+        try elsewhere is not supported yet)."""
+        if call.state is not CallState.ROUTING:
+            self.stats.routes_refused += 1
             return
         call.targets = list(targets)
         self._try_next_target(call, now)
@@ -349,7 +360,7 @@ class SwitchCore:
             remote_cseq=req.cseq,
         )
         call = Call(
-            id=f"c{next(self._ids)}",
+            id=f"{self._id_prefix}{next(self._ids)}",
             a=a,
             a_invite=txn,
             dialled=dialled,
@@ -441,9 +452,13 @@ class SwitchCore:
         if status < 300:
             self._callee_answered(call, resp, now)
             return
+        reason = resp.reason
         if call.cause == "no-answer":
             status, reason = 480, "No Answer"  # the callee's 487 to our CANCEL
-        self._callee_failed(call, status, resp.reason if status == resp.status else reason, now)
+        elif status == 503:
+            # A downstream 503 is not our overload; the caller must not back off from us.
+            status, reason = 480, "Temporarily Unavailable"
+        self._callee_failed(call, status, reason, now)
 
     def _callee_answered(self, call: Call, resp: Response, now: float) -> None:
         b = call.b
@@ -707,6 +722,15 @@ class SwitchCore:
     def fire_timers(self, now: float) -> None:
         self._now = now
         self.timers.fire_due(now)
+
+    def release_all(self, now: float) -> int:
+        """Hang up every call (the switch is stopping): BYE to both legs of answered
+        calls, 480 and CANCEL for calls in setup. Returns how many were live."""
+        self._now = now
+        calls = list(self.calls.values())
+        for call in calls:
+            self.release(call, now)
+        return len(calls)
 
     def transport_failed(self, address: Address, now: float) -> None:
         self._now = now

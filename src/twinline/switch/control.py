@@ -35,13 +35,6 @@ class CallControl(Protocol):
         """The call ended; `call.cause` says why."""
 
 
-# What the caller hears when the callee's side failed; anything else is passed back.
-_FAILURE_TO_CALLER = {
-    408: (408, "Request Timeout"),  # no response at all (Timer B)
-    503: (480, "Temporarily Unavailable"),  # a downstream 503 is not our overload
-}
-
-
 class PlanControl:
     """Decisions from the routing plan: route to what the number reaches, else reject."""
 
@@ -58,7 +51,6 @@ class PlanControl:
         self.switch.route(call, targets, now)
 
     def route_failed(self, call: Call, status: int, reason: str, now: float) -> None:
-        status, reason = _FAILURE_TO_CALLER.get(status, (status, reason))
         self.switch.reject(call, status, reason, now)
 
     def progress(self, call: Call, status: int, now: float) -> None:

@@ -37,6 +37,17 @@ from twinline.switch.routing import RoutingPlan
 
 log = logging.getLogger("twinline.switch")
 
+SHUTDOWN_GRACE = 2.0  # seconds the stopping switch waits for its BYEs to be answered
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out or "0"
+
 
 class SwitchServer:
     def __init__(self, config: Config) -> None:
@@ -59,6 +70,7 @@ class SwitchServer:
         self.links: dict[str, AioLink] = {}
         self._ctl_server: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -88,6 +100,8 @@ class SwitchServer:
             retry_after=sw.retry_after,
             no_answer_timeout=sw.no_answer_timeout,
             registrar=registrar,
+            # Time-ordered and unique per start: c<start time in ms, base 36>-<n>.
+            call_id_prefix=f"c{_base36(time.time_ns() // 1_000_000)}-",
         )
         routing = RoutingPlan(self.config, self.location)
         if self.config.appservers:
@@ -178,6 +192,8 @@ class SwitchServer:
             lost = link.peer_name
             if lost is not None and self.links.get(lost) is link:
                 del self.links[lost]
+                if self._stopping:
+                    return
                 log.warning("application server %s lost: %s", lost, event.reason)
                 run = arbiter.server_down(lost, event.reason, self.loop.time())
                 if run is not None:
@@ -204,6 +220,8 @@ class SwitchServer:
     def drain(self, name: str, on: bool) -> dict[str, Any]:
         assert self.arbiter is not None
         self.arbiter.drain(name, on)
+        if not on:
+            self.arbiter.reprotect()
         log.info("application server %s %s", name, "drained" if on else "undrained")
         return {"server": name, "state": self.arbiter.servers[name].state.value}
 
@@ -293,6 +311,19 @@ class SwitchServer:
         await self.close()
 
     async def close(self) -> None:
+        assert self.loop is not None
+        self._stopping = True
+        if self.core is not None and self.core.calls:
+            # Live calls are hung up properly, so that no phone is left holding a dead
+            # line; the BYE and CANCEL transactions get a moment to complete.
+            count = self.core.release_all(self.loop.time())
+            self._arm()
+            deadline = self.loop.time() + SHUTDOWN_GRACE
+            while self.core.calls and self.loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            log.info(
+                "released %d live calls at stop (%d not confirmed)", count, len(self.core.calls)
+            )
         if self._timer is not None:
             self._timer.cancel()
         self.transports.close()

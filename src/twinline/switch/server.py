@@ -251,6 +251,7 @@ class SwitchServer:
                 "rejected": s.calls_rejected,
                 "cancelled": s.calls_cancelled,
                 "overload_rejected": s.calls_overload_rejected,
+                "routes_refused": s.routes_refused,
             },
             "sip": {
                 "received": s.received,

@@ -155,5 +155,66 @@ def status(config_path: str | None, as_json: bool) -> None:
     Console().print(table)
 
 
+def _post_server_action(config_path: str | None, server: str, action: str, query: str = "") -> Any:
+    """POST /api/servers/SERVER/ACTION on the running switch; its JSON answer."""
+    import json as json_  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.parse  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from twinline.config import parse_hostport  # noqa: PLC0415
+    from twinline.supervisor import default_run_dir  # noqa: PLC0415
+
+    if config_path is None and (default_run_dir() / "twinline-up.toml").exists():
+        config_path = str(default_run_dir() / "twinline-up.toml")
+    config = _load(config_path)
+    host, port = parse_hostport(config.switch.http)
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{port}/api/servers/{urllib.parse.quote(server, safe='')}/{action}"
+    request = urllib.request.Request(url + query, data=b"", method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - our own API
+            return json_.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", "replace").strip() or e.reason
+        raise click.ClickException(f"the switch refused {action} of {server}: {detail}") from None
+    except (OSError, urllib.error.URLError, ValueError) as e:
+        raise click.ClickException(
+            f"cannot reach the switch's API at {config.switch.http} ({e}); "
+            "is it running? Pass the --config it runs with."
+        ) from None
+
+
+@main.command()
+@click.argument("server")
+@click.option("--off", is_flag=True, help="Undo: let the server take new calls again.")
+@config_option
+def drain(server: str, off: bool, config_path: str | None) -> None:
+    """Stop placing new calls on application server SERVER; its live calls stay."""
+    result = _post_server_action(config_path, server, "drain", "?off=1" if off else "")
+    click.echo(f"{result.get('server', server)}: {result.get('state', '?')}")
+
+
+@main.command()
+@click.argument("server")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON object.")
+@config_option
+def handover(server: str, as_json: bool, config_path: str | None) -> None:
+    """Move SERVER's calls away on purpose: its primaries to their standbys, its
+    standbys to other servers. SERVER is drained first (undo with `drain --off`)."""
+    import json as json_  # noqa: PLC0415
+
+    result = _post_server_action(config_path, server, "handover")
+    if as_json:
+        click.echo(json_.dumps(result, indent=2))
+        return
+    state = "complete" if result.get("completed_at") is not None else "in progress"
+    click.echo(
+        f"handover of {result.get('server', server)}: {result.get('calls', 0)} calls moved to "
+        f"their standbys ({state}), {result.get('reprotected', 0)} re-protected, "
+        f"{result.get('unprotected', 0)} unprotected, {result.get('orphaned', 0)} orphaned"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -29,6 +29,7 @@ from sipfix import (
 )
 
 from twinline.switch.call import CallState
+from twinline.switch.routing import Target
 
 A_CALL_ID = "a-call-1@127.0.0.1"
 A_FROM = '"Alice" <sip:alice@127.0.0.1>;tag=a1'
@@ -446,12 +447,14 @@ def test_callee_answers_while_the_cancel_is_held_gets_ack_and_bye() -> None:
     sw = Switch()
     flow = start(sw)
     flow.caller_cancel()
+    # The call is over for the switch at once (the caller has its 487); the attempt
+    # lives on in its transaction until the callee is dealt with.
+    assert flow.gone()
     out = flow.callee_responds(200, "OK", body=SDP_ANSWER)
-    # Too late for the caller (it has its 487): the callee's dialog is taken only to end it.
+    # Too late for the caller: the callee's dialog is taken only to end it.
     assert summaries(out) == [(CALLEE, "ACK"), (CALLEE, "BYE")]
     assert out[1].req.get("To") == f"<{B_URI}>;tag={B_TAG}"
-    assert not flow.gone()
-    flow.respond_to(out[1], 200, "OK", CALLEE)
+    assert flow.respond_to(out[1], 200, "OK", CALLEE) == []
     assert flow.gone()
 
 
@@ -486,13 +489,28 @@ def test_no_answer_cancels_the_callee_and_tells_the_caller_480() -> None:
     flow = ringing(sw)
     assert sw.advance(19.9) == []
     out = sw.advance(0.1)
-    assert summaries(out) == [(CALLEE, "CANCEL")]
-    flow.respond_to(out[0], 200, "OK", CALLEE)
-    out = flow.callee_responds(487, "Request Terminated")
-    assert summaries(out) == [(CALLEE, "ACK"), (CALLER, "480 INVITE")]
+    # The caller hears 480 at once; the callee is cancelled beside it.
+    assert summaries(out) == [(CALLEE, "CANCEL"), (CALLER, "480 INVITE")]
     assert out[1].resp.reason == "No Answer"
     assert out[1].resp.to_tag == flow.a_tag
     assert flow.gone()
+    flow.respond_to(out[0], 200, "OK", CALLEE)
+    out = flow.callee_responds(487, "Request Terminated")
+    assert summaries(out) == [(CALLEE, "ACK")]
+
+
+def test_no_answer_before_any_provisional_still_answers_the_caller_at_once() -> None:
+    sw = Switch(CONFIG.replace("no_answer_timeout = 60.0", "no_answer_timeout = 2.0"))
+    flow = start(sw)  # the callee has not even sent 100 Trying
+    out = [s for s in sw.advance(2.0) if s.summary()[1] != "INVITE"]
+    # No CANCEL may go before a provisional (RFC 3261 9.1), but the caller need not wait.
+    assert summaries(out) == [(CALLER, "480 INVITE")]
+    assert flow.gone()
+    out = flow.callee_responds(180, "Ringing")
+    assert summaries(out) == [(CALLEE, "CANCEL")]  # held until now
+    flow.respond_to(out[0], 200, "OK", CALLEE)
+    out = flow.callee_responds(487, "Request Terminated")
+    assert summaries(out) == [(CALLEE, "ACK")]
 
 
 def test_unreachable_callee_timer_b_gives_408() -> None:
@@ -901,3 +919,24 @@ def test_responses_tell_a_phone_behind_nat_where_it_was_seen() -> None:
     assert out[0].resp.get("Via") == (
         "SIP/2.0/UDP 10.0.0.5:5061;branch=z9hG4bKa1;received=127.0.0.1;rport=5061"
     )
+
+
+def test_a_route_while_ringing_cancels_the_attempt_and_tries_the_new_target() -> None:
+    sw = Switch()
+    flow = ringing(sw)
+    (call,) = sw.core.calls.values()
+    elsewhere = Target("sip:7000@127.0.0.1:5090", ("udp", "127.0.0.1", 5090), "route:7")
+    sw.core.route(call, [elsewhere], sw.now)
+    out = sw.take()
+    # The ringing callee is cancelled and the new one called; the caller hears nothing yet.
+    assert [s.summary() for s in out] == [
+        (CALLEE, "CANCEL"),
+        (("udp", "127.0.0.1", 5090), "INVITE"),
+    ]
+    assert out[0].req.branch == flow.b.req.branch
+    assert out[1].req.uri == "sip:7000@127.0.0.1:5090"
+    assert out[1].req.call_id != flow.b.req.call_id
+    # The first callee's 487 is absorbed: the call goes on with the second.
+    flow.respond_to(out[0], 200, "OK", CALLEE)
+    assert summaries(flow.callee_responds(487, "Request Terminated")) == [(CALLEE, "ACK")]
+    assert not flow.gone()

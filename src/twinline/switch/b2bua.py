@@ -45,7 +45,7 @@ from twinline.sip.transaction import (
     Transaction,
     TransactionLayer,
 )
-from twinline.switch.call import Call, CallState, Leg, Relay, Side
+from twinline.switch.call import Attempt, Call, CallState, Leg, Relay, Side
 from twinline.switch.control import CallControl
 from twinline.switch.routing import Target, address_of_uri, format_host
 from twinline.timers import TimerHeap
@@ -228,6 +228,8 @@ class SwitchCore:
         if isinstance(owner, Call):
             if txn is owner.b_invite:
                 self._callee_responded(owner, resp, now)
+            elif txn in owner.abandoned:
+                self._abandoned_responded(owner, txn, resp, now)
             elif resp.status >= 200 and txn in owner.releasing:
                 owner.releasing.discard(txn)
                 if not owner.releasing and owner.state is CallState.RELEASING:
@@ -262,6 +264,8 @@ class SwitchCore:
                 (408, "Request Timeout") if failure is Failure.TIMEOUT else (480, "Unreachable")
             )
             self._callee_failed(call, status, reason, now)
+        elif txn in call.abandoned:
+            del call.abandoned[txn]
         elif txn is call.a_invite and failure is Failure.NO_ACK:
             # The caller never acknowledged our 2xx (RFC 3261 13.3.1.4): hang up.
             self._release(call, Ending.SWITCH, now, cause="no-ack")
@@ -274,13 +278,15 @@ class SwitchCore:
     def route(self, call: Call, targets: list[Target], now: float) -> None:
         """Try `targets` in turn until one answers; if all fail, the controller decides.
 
-        Only a call waiting for a decision can be routed: while a callee rings, a new
-        route would start a second B-leg next to it. A service that wants to move on
-        releases the call or waits for `route_failed` (cancelling a ringing attempt to
-        try elsewhere is not supported yet)."""
-        if call.state is not CallState.ROUTING:
+        While a callee is being tried, a new route cancels that attempt first (a
+        service moving on, e.g. forwarding on no answer). An answered or ending call
+        cannot be routed."""
+        if call.state in (CallState.CALLING, CallState.RINGING):
+            self._abandon_attempt(call, now)
+        elif call.state is not CallState.ROUTING:
             self.stats.routes_refused += 1
             return
+        call.state = CallState.ROUTING
         call.targets = list(targets)
         self._try_next_target(call, now)
 
@@ -301,15 +307,49 @@ class SwitchCore:
             self._release(call, Ending.SWITCH, now, cause="released")
 
     def _abandon_setup(self, call: Call, status: int, reason: str, cause: str, now: float) -> None:
-        """End a call before it was answered: the caller gets `status`, the callee (if
-        one was tried) a CANCEL, and the call is gone when the callee confirms."""
+        """End a call before it was answered: the caller gets `status` at once, the
+        callee being tried is cancelled in the background."""
         self._respond(call.a_invite, call.a_invite.request, status, reason, tag=True)
         call.cause = cause
-        if call.state is CallState.ROUTING:
-            self._end(call, now)
+        self._abandon_attempt(call, now)
+        self._end(call, now)
+
+    def _abandon_attempt(self, call: Call, now: float) -> None:
+        """Give up on the callee being tried: CANCEL it now if it sent a provisional
+        response, else as soon as it sends one (RFC 3261 9.1)."""
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+            call.no_answer = None
+        txn, leg = call.b_invite, call.b
+        call.b_invite = None
+        if txn is None or leg is None:
             return
-        call.state = CallState.RELEASING
-        self._cancel_callee(call, now)
+        self.dialogs.pop((leg.call_id, leg.local_tag), None)
+        if txn.state not in (State.CALLING, State.PROCEEDING):
+            return
+        attempt = Attempt(leg)
+        call.abandoned[txn] = attempt
+        if txn.state is State.PROCEEDING:
+            self._cancel(txn, attempt, now)
+
+    def _cancel(self, txn: ClientTransaction, attempt: Attempt, now: float) -> None:
+        assert isinstance(txn, ClientInviteTransaction)
+        attempt.cancelled = True
+        self.layer.send_request(txn.cancel_request(), txn.address, now, owner=None)
+
+    def _abandoned_responded(
+        self, call: Call, txn: ClientTransaction, resp: Response, now: float
+    ) -> None:
+        attempt = call.abandoned[txn]
+        if resp.status < 200:
+            if not attempt.cancelled:
+                self._cancel(txn, attempt, now)  # any provisional, 100 included
+            return
+        del call.abandoned[txn]
+        if resp.status < 300:
+            # It answered before our CANCEL reached it: take the dialog only to end it.
+            self._hang_up_stray(call, attempt.leg, resp, now)
+        # a failure (487 to our CANCEL): the transaction acknowledged it; done.
 
     # --- a new call ------------------------------------------------------------------------
     def _new_call(self, txn: ServerInviteTransaction, req: Request, now: float) -> None:
@@ -421,7 +461,6 @@ class SwitchCore:
         invite.branch = branch
         invite.from_tag = from_tag
         call.state = CallState.CALLING
-        call.cancel_pending = False
         call.b_invite = self.layer.send_request(invite, target.address, now, owner=call)  # type: ignore[assignment]
         if call.no_answer is not None:
             call.no_answer.cancel()
@@ -435,9 +474,6 @@ class SwitchCore:
         b = call.b
         assert b is not None
         if status < 200:
-            if call.cancel_pending:
-                self._send_cancel(call, now)  # any provisional, 100 included (RFC 3261 9.1)
-                return
             if status == 100:
                 return
             if call.state in (CallState.CALLING, CallState.RINGING):
@@ -453,9 +489,7 @@ class SwitchCore:
             self._callee_answered(call, resp, now)
             return
         reason = resp.reason
-        if call.cause == "no-answer":
-            status, reason = 480, "No Answer"  # the callee's 487 to our CANCEL
-        elif status == 503:
+        if status == 503:
             # A downstream 503 is not our overload; the caller must not back off from us.
             status, reason = 480, "Temporarily Unavailable"
         self._callee_failed(call, status, reason, now)
@@ -475,18 +509,8 @@ class SwitchCore:
         except SipParseError:
             target, address = b.remote_target, b.address
         if b.confirmed or call.state in (CallState.RELEASING, CallState.ENDED):
-            # A second 2xx from a fork, or an answer after we cancelled: take the
-            # dialog only to end it (RFC 3261 13.2.2.4).
-            stray = Leg(
-                side=Side.B, call_id=b.call_id, local_tag=b.local_tag,
-                local_party=b.local_party, remote_party=resp.get("To") or b.remote_party,
-                remote_tag=resp.to_tag, remote_target=target,
-                route_set=list(reversed(resp.get_all("Record-Route"))),
-                address=b.address if b.address[0] == "tcp" else address, local_cseq=b.local_cseq,
-            )  # fmt: skip
-            self._send_ack(stray, b"", None)
-            bye = stray.build_request("BYE", self._via(stray.address[0]), "")
-            call.releasing.add(self.layer.send_request(bye, stray.address, now, owner=call))
+            # A second 2xx from a fork: take the dialog only to end it (13.2.2.4).
+            self._hang_up_stray(call, b, resp, now)
             return
         if call.no_answer is not None:
             call.no_answer.cancel()
@@ -510,12 +534,30 @@ class SwitchCore:
         if self.control is not None:
             self.control.answered(call, now)
 
+    def _hang_up_stray(self, call: Call, b: Leg, resp: Response, now: float) -> None:
+        """ACK and BYE a 2xx we do not want (a fork's second answer, an abandoned
+        attempt that answered anyway)."""
+        contact = resp.get("Contact")
+        try:
+            target = parse_name_addr(contact).uri if contact else b.remote_target
+            address = address_of_uri(target)
+        except SipParseError:
+            target, address = b.remote_target, b.address
+        stray = Leg(
+            side=Side.B, call_id=b.call_id, local_tag=b.local_tag,
+            local_party=b.local_party, remote_party=resp.get("To") or b.remote_party,
+            remote_tag=resp.to_tag, remote_target=target,
+            route_set=list(reversed(resp.get_all("Record-Route"))),
+            address=b.address if b.address[0] == "tcp" else address, local_cseq=b.local_cseq,
+        )  # fmt: skip
+        self._send_ack(stray, b"", None)
+        bye = stray.build_request("BYE", self._via(stray.address[0]), "")
+        call.releasing.add(self.layer.send_request(bye, stray.address, now, owner=call))
+
     def _callee_failed(self, call: Call, status: int, reason: str, now: float) -> None:
-        """The callee's side gave a final failure, timed out or was unreachable."""
-        if call.state is CallState.ENDED:
-            return
-        if call.state is CallState.RELEASING and call.cause != "no-answer":
-            self._end(call, now)  # the caller cancelled and has its 487 already
+        """The callee's side gave a final failure, timed out, was unreachable or did
+        not answer in time: try the next target, or let the controller decide."""
+        if call.state not in (CallState.CALLING, CallState.RINGING):
             return
         if call.no_answer is not None:
             call.no_answer.cancel()
@@ -536,9 +578,12 @@ class SwitchCore:
         call.no_answer = None
         if call.state not in (CallState.CALLING, CallState.RINGING):
             return
-        call.state = CallState.RELEASING
-        call.cause = "no-answer"
-        self._cancel_callee(call, now)
+        # The caller's side moves on now; the callee is cancelled in the background,
+        # even if it has not sent a provisional response yet.
+        state = call.state
+        self._abandon_attempt(call, now)
+        call.state = state
+        self._callee_failed(call, 480, "No Answer", now)
 
     def _relay_to_caller(self, call: Call, resp: Response, *, contact: bool) -> None:
         headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
@@ -564,29 +609,6 @@ class SwitchCore:
             return  # too late: the final response went out (RFC 3261 9.2)
         self.stats.calls_cancelled += 1
         self._abandon_setup(call, 487, "Request Terminated", "cancelled", now)
-
-    def _cancel_callee(self, call: Call, now: float) -> None:
-        if call.no_answer is not None:
-            call.no_answer.cancel()
-            call.no_answer = None
-        txn = call.b_invite
-        if txn is None or txn.state not in (State.CALLING, State.PROCEEDING):
-            if call.state is CallState.RELEASING and txn is None:
-                self._end(call, now)
-            return
-        call.state = CallState.RELEASING
-        if txn.state is State.PROCEEDING:
-            self._send_cancel(call, now)
-        else:
-            # RFC 3261 9.1: no CANCEL before a provisional response; send it then.
-            call.cancel_pending = True
-
-    def _send_cancel(self, call: Call, now: float) -> None:
-        call.cancel_pending = False
-        txn = call.b_invite
-        assert isinstance(txn, ClientInviteTransaction)
-        cancel = txn.cancel_request()
-        self.layer.send_request(cancel, txn.address, now, owner=None)
 
     def _release(self, call: Call, ending: Ending, now: float, *, cause: str = "") -> None:
         """BYE towards every confirmed leg that did not end the call itself."""

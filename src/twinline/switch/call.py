@@ -5,8 +5,11 @@ Plain data with small helpers; the behaviour lives in `twinline.switch.b2bua`.
 Call states::
 
     [routing] --route--> [calling] --18x--> [ringing] --2xx--> [answered]
-        |                    |                  |                   |
-        +--reject/CANCEL-----+------------------+--BYE/CANCEL-------+--> [releasing] --> [ended]
+       ^  |                  |                  |                    |
+       |  |   failure, no answer: the attempt is abandoned,          | BYE
+       +--|------------------+------------------+ the controller     v
+          |                  |                  | decides again  [releasing]
+          +--reject, CANCEL--+------------------+----------------+--> [ended]
 """
 
 from __future__ import annotations
@@ -100,6 +103,16 @@ class Leg:
         return req
 
 
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """A B-leg INVITE the call gave up on (no answer, CANCEL, re-route) whose
+    transaction is still open: its CANCEL waits for a first provisional response
+    (RFC 3261 9.1), and a 2xx that still arrives is acknowledged and hung up."""
+
+    leg: Leg
+    cancelled: bool = False
+
+
 @dataclass(slots=True)
 class Relay:
     """An in-dialog request passed from one leg to the other, awaiting its answer."""
@@ -122,10 +135,10 @@ class Call:
     b_invite: ClientInviteTransaction | None = None
     targets: list[Target] = field(default_factory=list)
     target: Target | None = None
-    cancel_pending: bool = False  # CANCEL to send once the callee sent a provisional
     late_offer: bool = False  # the caller's INVITE had no SDP: B's ACK carries A's answer
     no_answer: Timer | None = None
-    releasing: set[ClientTransaction] = field(default_factory=set)  # our BYE/CANCELs
+    releasing: set[ClientTransaction] = field(default_factory=set)  # our BYEs
+    abandoned: dict[ClientTransaction, Attempt] = field(default_factory=dict)
     answered_at: float | None = None
     ended_at: float | None = None
     cause: str = ""  # why it ended: "caller-bye", "callee-bye", "cancelled", "486 ..."

@@ -14,20 +14,24 @@ checked by running it; see also tests/scenarios/*.xml):
   line every second and SIPp adds a final line when it exits, also on SIGTERM
   (not on SIGKILL). ``(C)`` columns are cumulative: the last line is the total.
 - Exit status: 0 every call succeeded, 1 at least one failed, 97 stopped by an
-  internal command, 99 no call was processed, 255 a fatal error (bad scenario,
-  port in use, -timeout reached with -timeout_error).
-- A UAC can end with exit status 0 while calls are still in progress: when a
-  call waits for a message that never comes and has no timer, SIPp gives up
-  waiting after -m is reached and drops it without counting it as failed. So
-  a run is only good when SuccessfulCall equals the number of calls placed and
-  CurrentCall is 0; ``-recv_timeout`` makes such calls fail visibly instead.
+  internal command, 99 no call was processed, 254 its SIP port could not be
+  bound, 255 another fatal error (a bad scenario; -timeout reached, with
+  -timeout_error; without it, a run cut short by -timeout ends with 1).
+- A UAC was seen to end with exit status 0 while calls were still in progress
+  (stuck waiting for a message that had no retransmission or timeout left to
+  bring it): SIPp drops such calls at the end without counting them as
+  failed. So a run is only good when SuccessfulCall equals the number of
+  calls placed and CurrentCall is 0; ``-recv_timeout`` makes such calls fail
+  visibly (FailedTimeoutOnRecv) instead.
 - A call in ``<timewait>`` still counts in CurrentCall and is counted as
   successful only when the timewait is over; a UAS given ``-m N`` exits once
   its N-th call is over, timewait included. SIGTERM ends SIPp at once (exit
   status 0 if no call failed) and the calls in progress are counted neither
   way.
-- SIGUSR1 asks for a soft stop, which SIPp turns into an abort about ten
-  seconds later if calls are still in progress; SIGTERM is the way to stop.
+- SIGUSR2 has the screens written to the -screen_file at once (SIGTERM alone
+  leaves it empty). SIGUSR1 asks for a soft stop, which SIPp turns into an
+  abort about ten seconds later if calls are still in progress; SIGTERM is
+  the way to stop.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERNAL_COMMAND = 97
 EXIT_NO_CALL = 99
+EXIT_CANNOT_BIND = 254
 EXIT_FATAL = 255
 
 # How much of a log goes into an assertion message.
@@ -274,6 +279,11 @@ class SippRun:
         if self.process is None:
             raise RuntimeError("not started")
         if self.process.poll() is None:
+            # SIGUSR2 has the screens written to the screen file, which SIGTERM
+            # alone does not do; they show what each call was waiting for.
+            self.process.send_signal(signal.SIGUSR2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=0.3)
             self.returncode = terminate(self.process, grace=grace)
         else:
             self.returncode = self.process.returncode

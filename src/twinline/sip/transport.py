@@ -30,6 +30,9 @@ Failed = Callable[[Address], None]
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 
 
+RESOLVED_CACHE_SIZE = 65536
+
+
 def _family(host: str) -> int:
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -106,7 +109,7 @@ class SipTransports:
         self.tcp: dict[tuple[str, int], _Tcp] = {}  # by remote address
         self.servers: list[asyncio.Server] = []
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
-        self._resolved: dict[str, str] = {}
+        self._resolved: dict[str, tuple[str, int]] = {}
         self.udp_errors = 0
 
     async def listen(self, transport: str, host: str, port: int) -> tuple[str, int]:
@@ -129,9 +132,12 @@ class SipTransports:
 
     def send(self, address: Address, data: bytes) -> None:
         transport, host, port = address
-        host = self._resolve(host)
+        resolved = self._resolved.get(host)
+        if resolved is None:
+            resolved = self._resolve(host)
+        host, family = resolved
         if transport == "udp":
-            udp = self.udp.get(_family(host))
+            udp = self.udp.get(family)
             if udp is None or udp.transport is None:
                 self.failed(address)
                 return
@@ -162,12 +168,10 @@ class SipTransports:
         for data in self._connecting.pop((host, port), []):
             proto.send(data)
 
-    def _resolve(self, host: str) -> str:
-        """Names are resolved once and cached: route targets and contacts are few and
-        stable, and a resolver call per message would block the loop."""
-        cached = self._resolved.get(host)
-        if cached is not None:
-            return cached
+    def _resolve(self, host: str) -> tuple[str, int]:
+        """A host's address and family, resolved once and cached: targets and contacts
+        are few and stable, and a resolver call (or even parsing an address) per
+        message would cost the loop."""
         try:
             ipaddress.ip_address(host)
             result = host
@@ -176,8 +180,11 @@ class SipTransports:
                 result = str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)[0][4][0])
             except OSError:
                 result = host
-        self._resolved[host] = result
-        return result
+        resolved = (result, _family(result))
+        if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+            self._resolved.clear()  # one entry per peer host: bounded, rebuilt on demand
+        self._resolved[host] = resolved
+        return resolved
 
     def close(self) -> None:
         for udp in self.udp.values():

@@ -188,6 +188,21 @@ class AppServerRuntime:
     def drop(self, msg: Drop) -> None:
         self._drop(msg.call)
 
+    def peer_lost(self, server: str) -> None:
+        """The peer link to `server` closed: checkpoints sent there may never be
+        acknowledged. Primaries backed up there checkpoint again, which goes to the
+        database while the link is down, so their held commands go out."""
+        for inst in self.instances.values():
+            if inst.role is Role.PRIMARY and inst.standby == server and inst.waiting:
+                self._enqueue(inst, Refresh())
+
+    def peer_up(self, server: str) -> None:
+        """The peer link to `server` is back: refill the standbys held there, which
+        may have missed checkpoints while it was down."""
+        for inst in self.instances.values():
+            if inst.role is Role.PRIMARY and inst.standby == server and inst.version:
+                self._enqueue(inst, Refresh())
+
     def event(self, ev: Event) -> None:
         inst = self.instances.get(ev.call)
         if inst is None:

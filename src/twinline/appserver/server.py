@@ -157,11 +157,13 @@ class AppServerProcess:
                 old.close("replaced by a new connection")
             self.peers[event.peer_name] = link
             log.info("peer link to %s is up", event.peer_name)
+            self.runtime.peer_up(event.peer_name)
         elif isinstance(event, Closed):
             gone = link.peer_name
             if gone is not None and self.peers.get(gone) is link:
                 del self.peers[gone]
                 log.warning("peer link to %s closed: %s", gone, event.reason)
+                self.runtime.peer_lost(gone)
 
     async def _keep_peer(self, name: str, host: str, port: int) -> None:
         while not self._stopping:

@@ -324,6 +324,10 @@ class Arbiter:
         own = self.finishing.get(msg.call)
         if own is not None and own.primary == server:
             del self.finishing[msg.call]
+            # The primary's Forget normally reaches the standby first; this covers a
+            # peer link that was down or silent when the call ended.
+            if own.standby is not None and self.servers[own.standby].state is not ServerState.DOWN:
+                self.send(own.standby, Drop(call=msg.call))
 
     def _replace_standby(self, own: Ownership, run: Takeovers | None, *, drop: bool) -> None:
         old = own.standby

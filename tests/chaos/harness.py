@@ -35,9 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -51,6 +49,7 @@ from typing import Any, TypeVar
 
 from integration.cluster import Cluster
 from integration.sipp import Sipp, SippRun, SippStats, StatsError
+from integration.switchproc import free_port
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
@@ -68,34 +67,6 @@ def scenario(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------- ports
-
-_given: set[int] = set()
-
-
-def _bindable(port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1, from 20000-32767: below Linux's
-    ephemeral range, so no outgoing connection (the switch opens many to a TCP
-    callee, the servers to each other) can take it between now and its use; and
-    never the same one twice in a session."""
-    rng = random.Random()
-    for _ in range(2000):
-        port = rng.randrange(20000, 32768)
-        if port in _given or not _bindable(port):
-            continue
-        _given.add(port)
-        return port
-    raise RuntimeError("no free port in 20000-32767")
-
 
 # --------------------------------------------------------------------------- polling
 

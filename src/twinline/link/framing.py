@@ -22,6 +22,8 @@ from typing import Any
 
 import msgspec
 
+from twinline.errors import printable
+
 MAX_FRAME = 1 << 20
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -32,12 +34,7 @@ MAX_REASON_LENGTH = 200
 
 
 def safe_reason(text: str) -> str:
-    """`text` with anything but printable ASCII replaced by '?', cut to a sane length."""
-    if not (text.isascii() and text.isprintable()):
-        text = "".join(c if " " <= c <= "~" else "?" for c in text)
-    if len(text) > MAX_REASON_LENGTH:
-        text = text[: MAX_REASON_LENGTH - 3] + "..."
-    return text
+    return printable(text, MAX_REASON_LENGTH)
 
 
 class LinkError(Exception):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twinline.errors import printable
+
 if TYPE_CHECKING:
     from twinline.sip.message import Request
 
@@ -13,12 +15,7 @@ MAX_REASON_LENGTH = 80
 
 
 def safe_reason(text: str) -> str:
-    """`text` with anything but printable ASCII replaced by '?', cut to a sane length."""
-    if not (text.isascii() and text.isprintable()):
-        text = "".join(c if " " <= c <= "~" else "?" for c in text)
-    if len(text) > MAX_REASON_LENGTH:
-        text = text[: MAX_REASON_LENGTH - 3] + "..."
-    return text
+    return printable(text, MAX_REASON_LENGTH)
 
 
 class SipParseError(Exception):

@@ -18,6 +18,7 @@ from twinline.link.messages import (
     Checkpoint,
     CheckpointAck,
     Command,
+    Drop,
     Event,
     Finished,
     Forget,
@@ -519,5 +520,26 @@ def test_an_overdue_timer_fires_at_once_on_the_new_primary() -> None:
         fired = [m for m in wire.to_switch["as2"] if isinstance(m, Command)]
         assert [c.action for c in fired] == [Release()]
         assert fired[0].epoch == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_late_checkpoint_for_a_dropped_call_creates_no_instance() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        wire.rt["as1"].offered(offered("primary"))
+        wire.rt["as2"].offered(offered("standby"))
+        await settle()
+        late = wire.rt["as1"].instances["c1"]
+        wire.rt["as2"].drop(Drop(call="c1"))  # the call moved on or ended
+        cp = late.checkpoint(
+            event_seq=1, state_bytes=b"\x80", timers={}, actions=[], writes_done=set(),
+            record=CallRecord(primaries=["as1"]),
+        )  # fmt: skip
+        wire.rt["as2"].checkpoint("as1", cp)  # the deposed primary catching up
+        assert "c1" not in wire.rt["as2"].instances
+        newer = msgspec.structs.replace(cp, epoch=2, version=cp.version + 1)
+        wire.rt["as2"].checkpoint("as1", newer)  # a new primary's checkpoint is taken
+        assert wire.rt["as2"].instances["c1"].version == newer.version
 
     asyncio.run(scenario())

@@ -41,6 +41,10 @@ from twinline.store.records import Cdr
 
 log = logging.getLogger("twinline.appserver")
 
+# How many dropped calls a server remembers, to refuse late checkpoints for them: far
+# more than can be in flight on a peer link, a few MB at most.
+GONE_MEMORY = 100_000
+
 ToSwitch = Callable[[msgspec.Struct], None]
 ToPeer = Callable[[str, msgspec.Struct], bool]
 
@@ -116,6 +120,8 @@ class AppServerRuntime:
         self._queues: dict[str, deque[Input]] = {}
         self._timers: dict[str, dict[str, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Calls this server let go of, with their epoch then, oldest first.
+        self._gone: dict[str, int] = {}
         self._encoder = msgspec.msgpack.Encoder()
         self.stats = RuntimeStats()
 
@@ -216,6 +222,10 @@ class AppServerRuntime:
     def checkpoint(self, sender: str, cp: Checkpoint) -> None:
         inst = self.instances.get(cp.call)
         if inst is None:
+            if cp.epoch <= self._gone.get(cp.call, -1):
+                # A late checkpoint for a call we let go of (a deposed primary catching
+                # up after a freeze): creating an instance for it would leak one.
+                return
             # The checkpoint overtook the switch's Offered (they travel different links).
             inst = CallInstance(cp.offered)
             inst.role = Role.STANDBY
@@ -403,5 +413,9 @@ class AppServerRuntime:
 
     def _drop(self, call: str) -> None:
         self._cancel_timers(call)
-        self.instances.pop(call, None)
+        inst = self.instances.pop(call, None)
+        if inst is not None:
+            self._gone[call] = inst.epoch
+            if len(self._gone) > GONE_MEMORY:
+                del self._gone[next(iter(self._gone))]  # the oldest
         self._states.pop(call, None)

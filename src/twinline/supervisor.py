@@ -22,7 +22,12 @@ from typing import Any
 
 import msgspec
 
+from twinline.appserver.server import HANDOVER_TIMEOUT
 from twinline.config import AppServer, Config, ConfigError, parse_hostport
+
+# A stopping server may take HANDOVER_TIMEOUT to hand its calls over; past this
+# margin it is killed (and `up` exits non-zero to say so).
+STOP_TIMEOUT = HANDOVER_TIMEOUT + 5.0
 
 
 @dataclass
@@ -160,7 +165,7 @@ class Supervisor:
                 if child.proc is None:
                     continue
                 try:
-                    child.proc.wait(timeout=10)
+                    child.proc.wait(timeout=STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     child.proc.kill()
                     child.proc.wait()

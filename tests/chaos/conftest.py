@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from integration.sipp import Sipp, sipp_binary
+from integration.switchproc import free_port
 
-from .harness import ChaosCluster, CutProxy, Measurements, free_port, stats_now
+from .harness import ChaosCluster, CutProxy, Measurements, stats_now
 
 _CHAOS = pytest.StashKey["Chaos"]()
 _RESULTS: list[Measurements] = []

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -541,6 +542,39 @@ def check_nothing_finished_by(
         f"{context}"
     )
     return int(total)
+
+
+def check_no_instances_left(cluster: ChaosCluster, context: str) -> dict[str, int]:
+    """Every call is over: no server may still hold a call instance. SIGTERM shows
+    it: a server with nothing to hand over stops at once, one still holding
+    instances asks for a handover, waits for it (up to 10 s) and logs "stopping with
+    N of M instances not handed over". Stops every live server, one at a time;
+    returns how long each took (ms)."""
+    problems: list[str] = []
+    took: dict[str, int] = {}
+    for row in cluster.api()["servers"]:
+        if row["state"] == "down":
+            continue
+        name, pid = row["name"], int(row["pid"])
+        restarted = cluster.restarted.get(name)
+        own_file = restarted is not None and restarted.pid == pid
+
+        def log(own_file: bool = own_file, name: str = name) -> str:
+            return cluster.restarted_log(name) if own_file else cluster.log()
+
+        before = len(log())
+        term_at = cluster.signal(name, signal.SIGTERM)
+        cluster.wait_exited(pid, timeout=20)
+        took[name] = round((time.time() - term_at) * 1000)
+        said = log()[before:]
+        left = re.findall(r"stopping with (\d+) of (\d+) instances not handed over", said)
+        if left or took[name] > 5000:
+            problems.append(
+                f"{name} still held call instances after every call had ended: it stopped "
+                f"{took[name]} ms after SIGTERM, saying {left or 'nothing (killed?)'}"
+            )
+    assert not problems, "\n".join(problems) + f"\n{context}"
+    return took
 
 
 def missing_cdrs(cluster: ChaosCluster) -> str:

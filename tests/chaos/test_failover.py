@@ -41,6 +41,7 @@ import pytest
 from .conftest import Chaos
 from .harness import (
     ChaosCluster,
+    check_no_instances_left,
     check_nothing_finished_by,
     finish_calls,
     setup_times,
@@ -130,6 +131,7 @@ def load_with_fault(chaos: Chaos, transport: str, fault: str) -> None:
     chaos.m.note(f"{label} commands_refused_stale", commands["commands_refused_stale"])
     chaos.m.note(f"{label} commands_duplicate", commands["commands_duplicate"])
     assert "Traceback" not in cluster.full_log(), tail(cluster.full_log())
+    check_no_instances_left(cluster, context)
 
 
 def thaw_and_rejoin(chaos: Chaos, cluster: ChaosCluster) -> str:
@@ -254,3 +256,4 @@ def test_kill_a_server_while_calls_are_in_setup_and_ringing(chaos: Chaos) -> Non
     chaos.m.note("SIGKILL in setup: setup times (ms bucket: calls)", setup_times(caller.run))
     commands_per_call(cluster, total, context)
     assert "Traceback" not in cluster.full_log(), tail(cluster.full_log())
+    check_no_instances_left(cluster, context)

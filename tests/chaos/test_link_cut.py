@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from integration.switchproc import free_port
+
 from .conftest import Chaos
 from .harness import (
+    check_no_instances_left,
     check_nothing_finished_by,
     finish_calls,
-    free_port,
     start_callee,
     start_caller,
     tail,
@@ -104,3 +106,4 @@ def test_cut_call_tracking_link_of_a_live_server(chaos: Chaos) -> None:
     # One Route per call executed: nothing stale from as1 on top, nothing twice.
     assert commands["commands_executed"] == total, f"{commands}\n{context}"
     assert "Traceback" not in cluster.full_log(), tail(cluster.full_log())
+    check_no_instances_left(cluster, context)

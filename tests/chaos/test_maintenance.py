@@ -25,6 +25,7 @@ import pytest
 from .conftest import Chaos
 from .harness import (
     ChaosCluster,
+    check_no_instances_left,
     check_nothing_finished_by,
     finish_calls,
     start_callee,
@@ -146,3 +147,4 @@ def test_drain_handover_and_sigterm_under_load(chaos: Chaos) -> None:
     after_leaving = placements_since(cluster, run2["started_at"])
     assert "as2" not in after_leaving, f"{after_leaving}\n{context}"
     assert "Traceback" not in cluster.full_log(), tail(cluster.full_log())
+    check_no_instances_left(cluster, context)

@@ -20,6 +20,7 @@ import pytest
 
 from .conftest import Chaos
 from .harness import (
+    check_no_instances_left,
     check_nothing_finished_by,
     finish_calls,
     start_callee,
@@ -111,6 +112,7 @@ def test_three_servers_one_killed_its_calls_spread_over_both_survivors(chaos: Ch
     assert set(cdr_takers) == {"as1,as2", "as1,as3"}, f"{cdr_takers}\n{context}"
     assert cluster.api()["commands"]["commands_executed"] == total
     assert "Traceback" not in cluster.full_log(), tail(cluster.full_log())
+    check_no_instances_left(cluster, context)
 
 
 # --------------------------------------------------------------------------- 6. restart
@@ -191,3 +193,4 @@ def test_killed_server_restarted_rejoins_and_takes_half_the_new_calls(chaos: Cha
     assert 0.4 <= share <= 0.6, f"as1 was primary for {share:.0%} of the new calls\n{context}"
     assert cluster.api()["commands"]["commands_executed"] == total
     assert "Traceback" not in cluster.full_log(), tail(cluster.full_log())
+    check_no_instances_left(cluster, context)

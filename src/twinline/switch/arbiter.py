@@ -271,6 +271,8 @@ class Arbiter:
             own.primary = own.standby = None
             run.orphaned += 1
             self.stats.orphaned += 1
+            if planned:
+                self.send(old, Drop(call=own.call.id))  # it may go: the switch has the call
             if own.call.state is not CallState.ANSWERED:
                 self.switch.release(own.call, run.started)
             return

@@ -214,7 +214,7 @@ class SwitchServer:
                 run.calls, run.server, run.reason, d["duration_ms"], run.reprotected,
                 run.unprotected, run.orphaned,
             )  # fmt: skip
-        if run.unprotected:
+        if run.unprotected and run.finished is not None:
             log.warning("%d calls run unprotected: no other live server", run.unprotected)
 
     def drain(self, name: str, on: bool) -> dict[str, Any]:

@@ -201,6 +201,8 @@ class SwitchServer:
                 self._arm()
 
     def _log_run(self, run: Takeovers) -> None:
+        if not (run.calls or run.reprotected or run.unprotected or run.orphaned):
+            return  # a server with nothing to move (e.g. stopping while idle)
         d = run.as_dict()
         if run.finished is None:
             log.info(

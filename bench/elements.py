@@ -1,0 +1,280 @@
+"""The elements under test: how to start each one in front of the callee, and stop it.
+
+Every element listens for SIP on 127.0.0.1 on a free port and sends every call to
+the same callee (the SIPp UAS of ``load.start_uas``) at ``callee_port``:
+
+- ``twinline``: ``python -m twinline up`` with a switch and 2 application servers,
+  SQLite, redundancy on; ``twinline-noredundancy`` the same with
+  ``[cluster] redundancy = false`` (calls get no standby);
+- ``sippy``: Sippy B2BUA's ``b2bua_simple`` (PyPI ``sippy``, in its own virtual
+  environment, ``bench/.venvs/sippy``), ``-n`` routing every call to the callee;
+- ``kamailio``: Kamailio (Debian package) as a minimal stateful proxy with one
+  worker, ``bench/kamailio/kamailio.cfg``;
+- ``direct``: no element, SIPp calls SIPp: the limit of the load tool here.
+
+Logging is kept to what an operator runs with and costs nothing per call: twinline
+at its ``warning`` level, Sippy's SIP logger off (``SIPLOG_BEND=none``), Kamailio at
+``debug=1`` (errors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.util import descendants, free_port, stop_process, udp_port_bound, wait_until
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SIPPY_VENV = BENCH / ".venvs" / "sippy"
+KAMAILIO_CFG = BENCH / "kamailio" / "kamailio.cfg"
+
+
+@dataclass
+class Element:
+    """One element under test. Subclasses say how it starts; stopping is shared."""
+
+    key: str = ""
+    label: str = ""
+    directory: Path = field(default_factory=Path)
+    callee_port: int = 0
+    sip_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def address(self) -> str:
+        """Where the callers send their INVITEs."""
+        return f"127.0.0.1:{self.sip_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{self.key}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def prepare(self) -> None:
+        """Write what the element reads before it starts (configuration files)."""
+
+    def ready(self) -> bool:
+        return udp_port_bound(self.sip_port)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                env=self.environment(),
+                start_new_session=True,  # away from the harness's Ctrl-C
+            )
+        (self.directory / "command.txt").write_text(" ".join(self.command()) + "\n")
+        if not wait_until(lambda: not self.running or self.ready(), timeout, interval=0.1):
+            self.stop()
+            raise RuntimeError(f"{self.label} did not come up in {timeout} s:\n{self.log_tail()}")
+        if not self.running:
+            raise RuntimeError(f"{self.label} exited at start:\n{self.log_tail()}")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def pids(self) -> list[int]:
+        """Every process of the element (for memory and CPU readings)."""
+        if not self.running:
+            return []
+        assert self.process is not None
+        return descendants(self.process.pid)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """``stop_signal``, then SIGKILL to whatever of its processes is left."""
+        if self.process is None:
+            return
+        pids = self.pids()
+        stop_process(self.process, self.stop_signal, grace)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL to every process at once: the fast end after a long run."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stop_process(self.process, signal.SIGKILL, 5)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, limit: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Twinline(Element):
+    redundancy: bool = True
+    servers: int = 2
+    stop_signal: int = signal.SIGINT  # as Ctrl-C: `twinline up` stops its processes in order
+    log_level: str = "warning"
+    link_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "twinline.toml"
+
+    def prepare(self) -> None:
+        servers = "".join(
+            f'[[appservers]]\nname = "as{i + 1}"\npeer = "127.0.0.1:{free_port()}"\n'
+            "capacity = 100000\n\n"
+            for i in range(self.servers)
+        )
+        db = self.directory / "twinline.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        self.config_path.write_text(
+            f"""# Written by bench/elements.py for one benchmark run.
+[switch]
+listen = ["udp:127.0.0.1:{self.sip_port}"]
+link = "127.0.0.1:{self.link_port}"
+http = "127.0.0.1:{self.http_port}"
+max_calls = 1000000
+
+[cluster]
+redundancy = {"true" if self.redundancy else "false"}
+
+[database]
+url = "sqlite:///{db}"
+
+{servers}[[routes]]
+prefix = ""
+target = "127.0.0.1:{self.callee_port}"
+"""
+        )
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "twinline", "up",
+            "--config", str(self.config_path), "--log-level", self.log_level,
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["TWINLINE_RUN_DIR"] = str(self.directory / "run")
+        return env
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The switch's status API: what ``twinline status --json`` prints."""
+        url = f"http://127.0.0.1:{self.http_port}/api/status"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+            return data
+
+    def ready(self) -> bool:
+        try:
+            status = self.status(timeout=1.0)
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        servers = status.get("servers", [])
+        return len(servers) == self.servers and all(s["state"] == "up" for s in servers)
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start(timeout)
+        # The peer links come up just after the call tracking links; the status API
+        # does not show them, so give them a moment (they take milliseconds on loopback).
+        time.sleep(1.0)
+
+
+@dataclass
+class Sippy(Element):
+    def command(self) -> list[str]:
+        return [
+            str(SIPPY_VENV / "bin" / "b2bua_simple"), "-f",
+            "-l", "127.0.0.1", "-p", str(self.sip_port),
+            "-n", f"127.0.0.1:{self.callee_port}",
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["SIPLOG_BEND"] = "none"  # its SIP logger, off (stderr by default)
+        return env
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not (SIPPY_VENV / "bin" / "b2bua_simple").exists():
+            raise RuntimeError(f"Sippy is not installed: run bench/setup_sippy.sh ({SIPPY_VENV})")
+        super().start(timeout)
+
+
+@dataclass
+class Kamailio(Element):
+    def command(self) -> list[str]:
+        binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        return [
+            binary, "-f", str(KAMAILIO_CFG), "-DD", "-E",
+            "-l", f"udp:127.0.0.1:{self.sip_port}",
+            "-A", f'CALLEE="sip:127.0.0.1:{self.callee_port}"',
+            "-Y", str(self.directory), "-P", str(self.directory / "kamailio.pid"),
+            "-w", str(self.directory), "-m", "1024", "-M", "16",
+        ]  # fmt: skip
+
+
+@dataclass
+class Direct(Element):
+    """No element: the callers call the callee."""
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.callee_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def stop(self, grace: float = 15.0) -> None:
+        pass
+
+    def pids(self) -> list[int]:
+        return []
+
+
+# The elements in the order of the tables; the first two are twinline.
+KINDS: dict[str, tuple[type[Element], str, dict[str, Any]]] = {
+    "twinline": (Twinline, "twinline (redundancy on)", {"redundancy": True}),
+    "twinline-noredundancy": (Twinline, "twinline (redundancy off)", {"redundancy": False}),
+    "sippy": (Sippy, "Sippy B2BUA", {}),
+    "kamailio": (Kamailio, "Kamailio (1 worker)", {}),
+    "direct": (Direct, "SIPp to SIPp", {}),
+}
+
+
+def make(key: str, directory: Path, callee_port: int) -> Element:
+    cls, label, extra = KINDS[key]
+    return cls(key=key, label=label, directory=directory, callee_port=callee_port, **extra)
+
+
+def label(key: str) -> str:
+    return KINDS[key][1]

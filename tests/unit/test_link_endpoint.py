@@ -484,6 +484,24 @@ def test_a_stalled_loop_sends_one_heartbeat_not_a_burst() -> None:
     assert pair.acceptor.next_deadline() == T0 + 5 * 0.1  # ... and back on the grid
 
 
+def test_our_own_stall_is_not_taken_for_the_peers_silence() -> None:
+    pair = Pair()
+    pair.handshake()
+    # This process's loop stalls for a second: the timer fires late, the peer's bytes
+    # may be unread in the socket. No verdict yet; a fresh interval to hear it.
+    assert pair.acceptor.handle_timer(T0 + 1.0) == []
+    assert pair.acceptor.stalls == 1
+    assert pair.acceptor.established
+    # The peer is heard: all is well.
+    pair.connector.send(_heartbeat())
+    pair.now = T0 + 1.05
+    assert pair.to_acceptor() != []
+    assert pair.acceptor.handle_timer(T0 + 1.1) == []
+    # A peer that is really silent is still declared dead, on the normal schedule.
+    assert pair.acceptor.handle_timer(T0 + 1.25) == []
+    assert pair.acceptor.handle_timer(T0 + 1.35) == [Closed("no heartbeat for 300 ms")]
+
+
 # --- malformed frames -------------------------------------------------------------------
 
 

@@ -287,6 +287,8 @@ class LinkEndpoint:
         self._close_reason: str | None = None
         self._dead_span = dead_after * heartbeat_interval
         self._last_rx = 0.0
+        self._last_tick = 0.0
+        self.stalls = 0  # timer ticks that came late because this process's loop stalled
         self._hb_base = 0.0
         self._hb_count = 0
         self._active = 0
@@ -454,10 +456,19 @@ class LinkEndpoint:
             if now >= self._handshake_deadline:
                 return [self._close(f"handshake not completed in {self.handshake_timeout:g} s")]
             return []
+        interval = self.heartbeat_interval
+        late = now - self._last_tick
+        self._last_tick = now
+        if late > 2 * interval:
+            # Our own loop stalled (ticks come at least every interval): the peer's
+            # bytes may be waiting unread in the socket, so its silence proves nothing
+            # yet. It gets a fresh interval to be heard; a peer that is really gone
+            # is still declared dead, one tick later.
+            self._last_rx = max(self._last_rx, now - interval)
+            self.stalls += 1
         if now >= self._last_rx + self._dead_span:
             silent_ms = round((now - self._last_rx) * 1000)
             return [self._close(f"no heartbeat for {silent_ms} ms")]
-        interval = self.heartbeat_interval
         if now >= self._hb_base + self._hb_count * interval:
             self._queue(
                 Heartbeat(
@@ -496,6 +507,7 @@ class LinkEndpoint:
     def _establish(self, now: float) -> None:
         self._state = LinkState.ESTABLISHED
         self._last_rx = now
+        self._last_tick = now
         self._hb_base = now
         self._hb_count = 1
 

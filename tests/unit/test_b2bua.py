@@ -600,6 +600,21 @@ def test_over_max_calls_gets_503_with_retry_after() -> None:
     assert sw.core.stats.calls_overload_rejected == 1
 
 
+def test_a_lagging_switch_refuses_new_calls_and_keeps_its_calls() -> None:
+    sw = Switch()
+    flow = ringing(sw)
+    sw.core.overloaded = True  # set by the process when its event loop lags
+    out = sw.receive(a_invite(call_id="during@127.0.0.1", branch="z9hG4bKlag"), CALLER)
+    assert summaries(out) == [(CALLER, "503 INVITE")]
+    assert out[0].resp.get("Retry-After") == "7"
+    # The call it has goes on as usual.
+    out = flow.callee_responds(200, "OK", body=SDP_ANSWER)
+    assert summaries(out) == [(CALLEE, "ACK"), (CALLER, "200 INVITE")]
+    sw.core.overloaded = False
+    out = sw.receive(a_invite(call_id="after@127.0.0.1", branch="z9hG4bKafter"), CALLER)
+    assert summaries(out) == [(CALLER, "100 INVITE"), (CALLEE, "INVITE")]
+
+
 def test_caller_never_acks_the_200_so_both_sides_get_a_bye() -> None:
     sw = Switch()
     flow = ringing(sw)

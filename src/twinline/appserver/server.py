@@ -43,6 +43,7 @@ log = logging.getLogger("twinline.appserver")
 
 RECONNECT_INTERVAL = 0.5
 HANDOVER_TIMEOUT = 10.0  # seconds a stopping server waits for its calls to move
+SWITCH_PATIENCE = 10  # a server gives the switch this many times cluster.dead_after
 
 
 class AppServerProcess:
@@ -66,6 +67,13 @@ class AppServerProcess:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _endpoint(self, role: str, receives: Any, expect: str | None = None) -> LinkEndpoint:
+        dead_after = self.config.cluster.dead_after
+        if expect == "switch":
+            # The switch decides who owns calls and detects a failed server within
+            # dead_after heartbeats; a server only needs to notice a dead switch to
+            # reconnect, and dropping the link to a switch that is merely busy would
+            # make it take this server's calls away. So the server waits longer.
+            dead_after *= SWITCH_PATIENCE
         return LinkEndpoint(
             role,  # type: ignore[arg-type]
             secret=self.secret,
@@ -73,7 +81,7 @@ class AppServerProcess:
             incarnation=self.incarnation,
             receives=receives,
             heartbeat_interval=self.config.cluster.heartbeat_interval,
-            dead_after=self.config.cluster.dead_after,
+            dead_after=dead_after,
             expect_peer=expect,
             pid=os.getpid(),
         )

@@ -136,6 +136,9 @@ class SwitchCore:
         # (SIP Call-ID, our tag) -> the leg: how in-dialog requests find their call.
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self.stats = SwitchStats()
+        # Set by the process when its event loop lags: new calls get 503 with
+        # Retry-After until it catches up, so the calls it has keep their timers.
+        self.overloaded = False
         # Call ids must never repeat, across restarts too: CDRs and side-effect keys
         # are keyed by them. The process gives a prefix of its own (see server.py).
         self._id_prefix = call_id_prefix
@@ -364,7 +367,7 @@ class SwitchCore:
         if max_forwards == "0":
             self._respond(txn, req, 483, "Too Many Hops", tag=True)
             return
-        if len(self.calls) >= self.max_calls:
+        if len(self.calls) >= self.max_calls or self.overloaded:
             self.stats.calls_overload_rejected += 1
             self._respond(
                 txn, req, 503, "Service Unavailable",

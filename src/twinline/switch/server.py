@@ -38,6 +38,10 @@ from twinline.switch.routing import RoutingPlan
 log = logging.getLogger("twinline.switch")
 
 SHUTDOWN_GRACE = 2.0  # seconds the stopping switch waits for its BYEs to be answered
+LAG_PROBE_INTERVAL = 0.02  # seconds between two measures of the loop's lag
+# A loop this late (seconds) is overloaded: well under the 300 ms in which the servers
+# must hear the switch's heartbeats, and under T1 (500 ms), the first retransmission.
+OVERLOAD_LAG = 0.1
 
 
 def _base36(n: int) -> str:
@@ -200,6 +204,23 @@ class SwitchServer:
                     self._log_run(run)
                 self._arm()
 
+    def _probe_lag(self, scheduled: float) -> None:
+        """How late the loop runs a timer is how far behind it is. Past OVERLOAD_LAG the
+        switch refuses new calls (503, Retry-After) until the lag falls under a fifth
+        of it: it must keep its calls' timers and its heartbeats on time first."""
+        assert self.loop is not None and self.core is not None
+        now = self.loop.time()
+        lag = now - scheduled - LAG_PROBE_INTERVAL
+        core = self.core
+        if not core.overloaded and lag > OVERLOAD_LAG:
+            core.overloaded = True
+            log.warning("overload: event loop %d ms behind; new calls get 503", lag * 1000)
+        elif core.overloaded and lag < OVERLOAD_LAG / 5:
+            core.overloaded = False
+            log.info("overload over: new calls accepted again")
+        if not self._stopping:
+            self.loop.call_later(LAG_PROBE_INTERVAL, self._probe_lag, now)
+
     def _log_run(self, run: Takeovers) -> None:
         if not (run.calls or run.reprotected or run.unprotected or run.orphaned):
             return  # a server with nothing to move (e.g. stopping while idle)
@@ -309,6 +330,7 @@ class SwitchServer:
         assert self.loop is not None and self._stopped is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
+        self.loop.call_later(LAG_PROBE_INTERVAL, self._probe_lag, self.loop.time())
         log.info("switch ready")
         await self._stopped.wait()
         await self.close()

@@ -14,7 +14,6 @@ passed through, SDP untouched) and asks its `CallControl` only at decision point
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 from typing import Protocol
@@ -787,12 +786,3 @@ def _stamp_via(req: Request, source: Address) -> None:
             stamped = f"{via};received={host}"
         headers[i] = (name, stamped)
         return
-
-
-def make_sender(outbox: list[tuple[Address, bytes]]) -> Callable[[Address, bytes], None]:
-    """A `send` for tests: collects what the core sends."""
-
-    def send(address: Address, data: bytes) -> None:
-        outbox.append((address, data))
-
-    return send

@@ -42,6 +42,7 @@ LAG_PROBE_INTERVAL = 0.02  # seconds between two measures of the loop's lag
 # A loop this late (seconds) is overloaded: well under the 300 ms in which the servers
 # must hear the switch's heartbeats, and under T1 (500 ms), the first retransmission.
 OVERLOAD_LAG = 0.1
+OVERLOAD_PROBES = 3
 
 
 def _base36(n: int) -> str:
@@ -75,6 +76,7 @@ class SwitchServer:
         self._ctl_server: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
         self._stopping = False
+        self._late_probes = 0
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -205,14 +207,17 @@ class SwitchServer:
                 self._arm()
 
     def _probe_lag(self, scheduled: float) -> None:
-        """How late the loop runs a timer is how far behind it is. Past OVERLOAD_LAG the
-        switch refuses new calls (503, Retry-After) until the lag falls under a fifth
-        of it: it must keep its calls' timers and its heartbeats on time first."""
+        """How late the loop runs a timer is how far behind it is. Past OVERLOAD_LAG for
+        OVERLOAD_PROBES probes in a row (a sustained lag, not the burst of work a
+        takeover makes) the switch refuses new calls (503, Retry-After) until the lag
+        falls under a fifth of it: it must keep its calls' timers and heartbeats on
+        time first."""
         assert self.loop is not None and self.core is not None
         now = self.loop.time()
         lag = now - scheduled - LAG_PROBE_INTERVAL
+        self._late_probes = self._late_probes + 1 if lag > OVERLOAD_LAG else 0
         core = self.core
-        if not core.overloaded and lag > OVERLOAD_LAG:
+        if not core.overloaded and self._late_probes >= OVERLOAD_PROBES:
             core.overloaded = True
             log.warning("overload: event loop %d ms behind; new calls get 503", lag * 1000)
         elif core.overloaded and lag < OVERLOAD_LAG / 5:

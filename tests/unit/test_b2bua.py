@@ -955,3 +955,13 @@ def test_a_route_while_ringing_cancels_the_attempt_and_tries_the_new_target() ->
     flow.respond_to(out[0], 200, "OK", CALLEE)
     assert summaries(flow.callee_responds(487, "Request Terminated")) == [(CALLEE, "ACK")]
     assert not flow.gone()
+
+
+def test_a_reject_while_ringing_cancels_the_callee() -> None:
+    sw = Switch()
+    flow = ringing(sw)
+    (call,) = sw.core.calls.values()
+    sw.core.reject(call, 603, "Decline", sw.now)  # a service refusing mid-ring
+    out = sw.take()
+    assert [s.summary() for s in out] == [(CALLER, "603 INVITE"), (CALLEE, "CANCEL")]
+    assert flow.gone()

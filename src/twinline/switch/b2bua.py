@@ -313,7 +313,6 @@ class SwitchCore:
         callee being tried is cancelled in the background."""
         self._respond(call.a_invite, call.a_invite.request, status, reason, tag=True)
         call.cause = cause
-        self._abandon_attempt(call, now)
         self._end(call, now)
 
     def _abandon_attempt(self, call: Call, now: float) -> None:
@@ -504,16 +503,16 @@ class SwitchCore:
             if not b.ack_held:
                 self._send_ack(b, b"", None)
             return
+        if b.confirmed:
+            # A second 2xx from a fork: take the dialog only to end it (13.2.2.4).
+            self._hang_up_stray(call, b, resp, now)
+            return
         contact = resp.get("Contact")
         try:
             target = parse_name_addr(contact).uri if contact else b.remote_target
             address = address_of_uri(target) if not b.route_set else b.address
         except SipParseError:
             target, address = b.remote_target, b.address
-        if b.confirmed or call.state in (CallState.RELEASING, CallState.ENDED):
-            # A second 2xx from a fork: take the dialog only to end it (13.2.2.4).
-            self._hang_up_stray(call, b, resp, now)
-            return
         if call.no_answer is not None:
             call.no_answer.cancel()
             call.no_answer = None
@@ -582,9 +581,7 @@ class SwitchCore:
             return
         # The caller's side moves on now; the callee is cancelled in the background,
         # even if it has not sent a provisional response yet.
-        state = call.state
         self._abandon_attempt(call, now)
-        call.state = state
         self._callee_failed(call, 480, "No Answer", now)
 
     def _relay_to_caller(self, call: Call, resp: Response, *, contact: bool) -> None:
@@ -633,11 +630,11 @@ class SwitchCore:
     def _end(self, call: Call, now: float) -> None:
         if call.state is CallState.ENDED:
             return
+        # A callee still being tried is cancelled, whoever ended the call (a CANCEL,
+        # a reject from the controller while it rings, ...).
+        self._abandon_attempt(call, now)
         call.state = CallState.ENDED
         call.ended_at = now
-        if call.no_answer is not None:
-            call.no_answer.cancel()
-            call.no_answer = None
         self.calls.pop(call.id, None)
         self.dialogs.pop((call.a.call_id, call.a.local_tag), None)
         if call.b is not None:

@@ -343,6 +343,7 @@ class FakeTU:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.events: list[tuple[object, ...]] = []
+        self.ended: list[tuple[float, Transaction]] = []  # kept apart: every test would see it
         self.on_request: Callable[[ServerTransaction, Request, float], None] | None = None
 
     def request_received(self, txn: ServerTransaction, req: Request, now: float) -> None:
@@ -361,6 +362,9 @@ class FakeTU:
 
     def transaction_failed(self, txn: Transaction, failure: Failure, now: float) -> None:
         self.events.append(("failed", now, failure))
+
+    def transaction_ended(self, txn: Transaction) -> None:
+        self.ended.append((self.clock.now, txn))
 
     def kinds(self) -> list[tuple[object, ...]]:
         """The events without the transaction objects, for comparing with a literal."""

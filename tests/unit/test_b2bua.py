@@ -333,6 +333,23 @@ def test_basic_call_exact_messages_and_caller_hangs_up() -> None:
     assert len(sw.core.layer) == 0
 
 
+def test_an_established_call_lets_go_of_its_setup_transactions() -> None:
+    # Tens of thousands of calls stay up for minutes: once the INVITE transactions
+    # end (Timer L and Timer M, 64*T1 after the 2xx), the call keeps no setup message.
+    sw = Switch()
+    flow = answered(sw)
+    (call,) = sw.core.calls.values()
+    assert call.a_invite is not None and call.b_invite is not None
+    assert flow.sw.advance(64 * T1) == []
+    assert call.a_invite is None and call.b_invite is None
+    assert len(sw.core.layer) == 0
+    # A late 2xx retransmission (our ACK lost) is still acknowledged, from the dialog.
+    out = flow.callee_responds(200, "OK", body=SDP_ANSWER)
+    assert summaries(out) == [(CALLEE, "ACK")]
+    out = flow.caller_request("BYE", 2)
+    assert summaries(out) == [(CALLER, "200 BYE"), (CALLEE, "BYE")]
+
+
 def test_callee_hangs_up() -> None:
     sw = Switch()
     flow = answered(sw)

@@ -242,7 +242,7 @@ class FakeCall:
         class Txn:
             request = Req()
 
-        self.a_invite = Txn()
+        self.setup = self.a_invite = Txn()
 
 
 def make_arbiter(names: list[str]) -> tuple[Arbiter, FakeSwitch, list[tuple[str, Any]]]:

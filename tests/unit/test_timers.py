@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twinline.timers import TimerHeap
+from twinline.timers import COMPACT_AFTER, TimerHeap
 
 
 def recorder(log: list[tuple[str, float]], name: str):  # type: ignore[no-untyped-def]
@@ -128,3 +128,20 @@ def test_timer_scheduled_by_a_callback_for_a_past_deadline_fires_in_the_same_cal
     heap.schedule(1.0, lambda now: heap.schedule(0.5, recorder(log, "late")))
     assert heap.fire_due(2.0) == 2
     assert log == [("late", 2.0)]
+
+
+def test_long_timers_cancelled_early_do_not_pile_up() -> None:
+    # A no-answer timer per call, cancelled by the answer minutes before it is due:
+    # the heap must not keep tens of thousands of them (and their calls) until then.
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    keep = heap.schedule(500.0, recorder(log, "kept"))
+    for _ in range(10_000):
+        heap.schedule(300.0, recorder(log, "cancelled")).cancel()
+    heap.schedule(1.0, recorder(log, "soon"))
+    assert len(heap) == 2
+    assert len(heap._heap) < 2 * COMPACT_AFTER + 4
+    assert heap.fire_due(1000.0) == 2
+    assert log == [("soon", 1000.0), ("kept", 1000.0)]
+    keep.cancel()  # fired already: no effect on the count
+    assert len(heap) == 0 and heap.cancelled == 0

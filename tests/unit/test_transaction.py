@@ -497,6 +497,7 @@ def test_server_invite_2xx_retransmitted_doubling_to_t2_until_the_ack() -> None:
         ("ack", 13.0, "z9hG4bKack2xx"),
     ]
     assert len(h.layer) == 0
+    assert h.tu.ended == [(32.0, txn)]  # told once, when it is forgotten
 
 
 def test_server_invite_2xx_without_ack_reports_no_ack_at_64_t1() -> None:
@@ -787,11 +788,14 @@ def test_any_input_sequence_through_the_table(machine, inputs) -> None:  # type:
     h = Layer()
     req = parse_request(INVITE if "Invite" in machine.__name__ else BYE)
     txn = machine(h.layer, "key", req, PEER)
-    if isinstance(txn, ClientInviteTransaction | ClientNonInviteTransaction):
+    client = isinstance(txn, ClientInviteTransaction | ClientNonInviteTransaction)
+    if client:
         txn.start(0.0)
-        txn.last_response = Response(486, "Busy Here", [("To", "<sip:b@x>;tag=t")])
+    statuses = {Input.R1XX: 180, Input.R2XX: 200, Input.R3XX_6XX: 486}
     states = [txn.state]
     for what in inputs:
+        if client and what in statuses:  # as `receive` does before the table walk
+            txn.last_response = Response(statuses[what], "X", [("To", "<sip:b@x>;tag=t")])
         txn.handle(what, h.now)
         states.append(txn.state)
     _check_terminal(states)

@@ -24,7 +24,8 @@ when it reconnects, names the instances it may keep; it drops the others.
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import msgspec
 
@@ -38,6 +39,11 @@ from twinline.link.messages import (
     Offered,
     TimerSpec,
 )
+
+# Tens of thousands of instances live at once, most with no timer, no side effect and
+# nothing unacknowledged: they share these empties rather than holding their own.
+NO_TIMERS: Mapping[str, float] = MappingProxyType({})
+NO_WRITES: frozenset[str] = frozenset()
 
 
 class Role(enum.Enum):
@@ -75,12 +81,12 @@ class CallInstance:
         self.version = 0  # primary: last checkpoint made; standby: last one applied
         self.acked = 0  # primary: highest version the standby acknowledged
         self.event_seq = 0  # the last switch event the state includes
-        self.buffer: list[Event] = []  # standby: events past the last checkpoint
-        self.timers: dict[str, float] = {}
+        self.buffer: tuple[Event, ...] = ()  # standby: events past the last checkpoint
+        self.timers: Mapping[str, float] = NO_TIMERS
         self.commands_sent = 0
-        self.unreleased: deque[tuple[int, list[Command]]] = deque()
-        self.pending: list[Command] = []  # standby: the checkpoint's commands not known done
-        self.writes_done: set[str] = set()
+        self.unreleased: list[tuple[int, list[Command]]] = []
+        self.pending: tuple[Command, ...] = ()  # standby: the checkpoint's commands not known done
+        self.writes_done: frozenset[str] = NO_WRITES
         self.state_bytes = b""
         self.record = CallRecord(primaries=[offered.primary])
         self.ended = False
@@ -91,7 +97,7 @@ class CallInstance:
         *,
         event_seq: int,
         state_bytes: bytes,
-        timers: dict[str, float],
+        timers: Mapping[str, float],
         actions: list[Action],
         writes_done: set[str],
         record: CallRecord,
@@ -107,8 +113,8 @@ class CallInstance:
         self.version += 1
         self.event_seq = event_seq
         self.state_bytes = state_bytes
-        self.timers = dict(timers)
-        self.writes_done = set(writes_done)
+        self.timers = dict(timers) if timers else NO_TIMERS
+        self.writes_done = frozenset(writes_done) if writes_done else NO_WRITES
         self.record = record
         self.unreleased.append((self.version, commands))
         return Checkpoint(
@@ -130,7 +136,7 @@ class CallInstance:
         every checkpoint up to it may go to the switch now, in order."""
         released: list[Command] = []
         while self.unreleased and self.unreleased[0][0] <= version:
-            released.extend(self.unreleased.popleft()[1])
+            released.extend(self.unreleased.pop(0)[1])
         self.acked = max(self.acked, version)
         return released
 
@@ -142,7 +148,7 @@ class CallInstance:
     # --- standby ---------------------------------------------------------------------------
     def buffer_event(self, event: Event) -> None:
         if event.seq > self.event_seq and all(e.seq != event.seq for e in self.buffer):
-            self.buffer.append(event)
+            self.buffer = (*self.buffer, event)
 
     def apply_checkpoint(self, cp: Checkpoint) -> CheckpointAck:
         """Mirror the primary's state; acknowledged whether new or a repeat."""
@@ -151,12 +157,12 @@ class CallInstance:
             self.version = cp.version
             self.event_seq = cp.event_seq
             self.state_bytes = cp.service_state
-            self.timers = {t.name: t.due for t in cp.timers}
+            self.timers = {t.name: t.due for t in cp.timers} if cp.timers else NO_TIMERS
             self.commands_sent = cp.commands_sent
-            self.writes_done = set(cp.writes_done)
+            self.writes_done = frozenset(cp.writes_done) if cp.writes_done else NO_WRITES
             self.record = cp.record
-            self.pending = list(cp.pending)
-            self.buffer = [e for e in self.buffer if e.seq > cp.event_seq]
+            self.pending = tuple(cp.pending)
+            self.buffer = tuple(e for e in self.buffer if e.seq > cp.event_seq)
         return CheckpointAck(call=self.call, version=self.version)
 
     # --- takeover ----------------------------------------------------------------------------
@@ -170,11 +176,11 @@ class CallInstance:
             self.record, primaries=[*self.record.primaries, server]
         )
         resend = [msgspec.structs.replace(c, epoch=epoch) for c in self.pending]
-        self.pending = []
+        self.pending = ()
         return resend
 
     def take_buffer(self) -> list[Event]:
         """The events past the last checkpoint, in order, to replay as the new primary."""
         events = sorted(self.buffer, key=lambda e: e.seq)
-        self.buffer = []
+        self.buffer = ()
         return events

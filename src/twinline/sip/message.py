@@ -248,6 +248,18 @@ class Request(Message):
     def _head_lines(self) -> list[str]:
         return [f"{self.method} {self.uri} {SIP_VERSION}"]
 
+    def identity(self) -> Request:
+        """The request line and the parsed identity fields (Call-ID, CSeq, branch, tags),
+        without headers or body: what an INVITE transaction still needs once accepted."""
+        req = Request(self.method, self.uri, [])
+        req.call_id = self.call_id
+        req.cseq = self.cseq
+        req.cseq_method = self.cseq_method
+        req.branch = self.branch
+        req.from_tag = self.from_tag
+        req.to_tag = self.to_tag
+        return req
+
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri} call-id={self.call_id}>"
 

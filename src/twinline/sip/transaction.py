@@ -97,6 +97,10 @@ class TransactionUser(Protocol):
 
     def transaction_failed(self, txn: Transaction, failure: Failure, now: float) -> None: ...
 
+    def transaction_ended(self, txn: Transaction) -> None:
+        """`txn` is terminated and forgotten by the layer: let go of it, and of the
+        messages it holds."""
+
 
 def _kind(status: int) -> Input:
     if status < 200:
@@ -210,6 +214,7 @@ class Transaction:
                 timer.cancel()
         self._retransmit = self._timeout = self._end = None
         self.layer._forget(self)
+        self.layer.tu.transaction_ended(self)
 
 
 # --- client transactions -------------------------------------------------------------
@@ -288,7 +293,17 @@ class ClientInviteTransaction(ClientTransaction):
     def _accepted(self, now: float) -> None:
         self._cancel_retransmit()
         self._start_end(now, 64 * self.layer.t1)  # Timer M
+        self._deliver_accepted(now)
+
+    def _deliver_accepted(self, now: float) -> None:
+        """A 2xx to the TU. From here on the transaction only passes retransmitted 2xx
+        up (the TU acknowledges them from its dialog): it lets go of the INVITE's
+        headers, body and bytes, which tens of thousands of calls answered in the last
+        64*T1 would otherwise hold."""
         self._deliver(now)
+        self.last_response = None
+        self._data = b""
+        self.request = self.request.identity()
 
     def _completed(self, now: float) -> None:
         self._send_ack(now)
@@ -332,7 +347,7 @@ class ClientInviteTransaction(ClientTransaction):
             ClientTransaction._fail_transport,
             State.TERMINATED,
         ),
-        (State.ACCEPTED, Input.R2XX): (ClientTransaction._deliver, State.ACCEPTED),
+        (State.ACCEPTED, Input.R2XX): (_deliver_accepted, State.ACCEPTED),
         (State.ACCEPTED, Input.TIMER_END): (None, State.TERMINATED),
         (State.COMPLETED, Input.R3XX_6XX): (_send_ack, State.COMPLETED),
         (State.COMPLETED, Input.TIMER_END): (None, State.TERMINATED),
@@ -431,6 +446,9 @@ class ServerInviteTransaction(ServerTransaction):
     def _accepted(self, now: float) -> None:
         self._send_last(now)
         self.layer._accepted(self)
+        # Only the 2xx is retransmitted from here on (its bytes are kept), and the ACK
+        # matched by Call-ID and CSeq: the INVITE's headers and body can go.
+        self.request = self.request.identity()
         self._start_retransmit(now, self.layer.t1)  # 2xx retransmission (13.3.1.4)
         self._start_timeout(now, 64 * self.layer.t1)  # Timer L (and the TU's give-up time)
 

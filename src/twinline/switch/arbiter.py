@@ -436,7 +436,7 @@ class Arbiter:
         primary, standby = placed
         service = self.services.resolve(call.dialled, call.caller)
         wall = self.wall()
-        req = call.a_invite.request
+        req = call.setup.request
         info = CallInfo(
             caller=call.caller,
             callee=call.dialled,

@@ -233,7 +233,7 @@ class SwitchCore:
             elif txn in owner.abandoned:
                 self._abandoned_responded(owner, txn, resp, now)
             elif resp.status >= 200 and txn in owner.releasing:
-                owner.releasing.discard(txn)
+                owner.releasing.remove(txn)
                 if not owner.releasing and owner.state is CallState.RELEASING:
                     self._end(owner, now)
         elif isinstance(owner, Relay):
@@ -245,6 +245,14 @@ class SwitchCore:
             found = self.dialogs.get((resp.call_id, resp.from_tag))
             if found is not None and found[1].confirmed:
                 self._send_ack(found[1], b"", None)
+
+    def transaction_ended(self, txn: Transaction) -> None:
+        owner = txn.owner
+        if isinstance(owner, Call):
+            if txn is owner.a_invite:
+                owner.a_invite = None
+            elif txn is owner.b_invite:
+                owner.b_invite = None
 
     def transaction_failed(self, txn: Transaction, failure: Failure, now: float) -> None:
         owner = txn.owner
@@ -272,7 +280,7 @@ class SwitchCore:
             # The caller never acknowledged our 2xx (RFC 3261 13.3.1.4): hang up.
             self._release(call, Ending.SWITCH, now, cause="no-ack")
         elif txn in call.releasing:
-            call.releasing.discard(txn)
+            call.releasing.remove(txn)
             if not call.releasing and call.state is CallState.RELEASING:
                 self._end(call, now)
 
@@ -289,14 +297,14 @@ class SwitchCore:
             self.stats.routes_refused += 1
             return
         call.state = CallState.ROUTING
-        call.targets = list(targets)
+        call.targets = tuple(targets)
         self._try_next_target(call, now)
 
     def reject(self, call: Call, status: int, reason: str, now: float) -> None:
         if call.state in (CallState.ANSWERED, CallState.RELEASING, CallState.ENDED):
             return
         headers = [("Retry-After", str(self.retry_after))] if status == 503 else None
-        self._respond(call.a_invite, call.a_invite.request, status, reason, headers, tag=True)
+        self._respond(call.setup, call.setup.request, status, reason, headers, tag=True)
         self.stats.calls_rejected += 1
         call.cause = f"{status} {reason}"
         self._end(call, now)
@@ -311,7 +319,7 @@ class SwitchCore:
     def _abandon_setup(self, call: Call, status: int, reason: str, cause: str, now: float) -> None:
         """End a call before it was answered: the caller gets `status` at once, the
         callee being tried is cancelled in the background."""
-        self._respond(call.a_invite, call.a_invite.request, status, reason, tag=True)
+        self._respond(call.setup, call.setup.request, status, reason, tag=True)
         call.cause = cause
         self._end(call, now)
 
@@ -418,9 +426,8 @@ class SwitchCore:
     def _try_next_target(self, call: Call, now: float) -> None:
         if not call.targets:
             return
-        target = call.targets.pop(0)
-        call.target = target
-        a_req = call.a_invite.request
+        target, call.targets = call.targets[0], call.targets[1:]
+        a_req = call.setup.request
         transport = target.address[0]
         b_call_id = new_call_id(format_host(self.local.get(transport, ("twinline", 0))[0]))
         from_tag = new_tag()
@@ -553,7 +560,7 @@ class SwitchCore:
         )  # fmt: skip
         self._send_ack(stray, b"", None)
         bye = stray.build_request("BYE", self._via(stray.address[0]), "")
-        call.releasing.add(self.layer.send_request(bye, stray.address, now, owner=call))
+        call.releasing.append(self.layer.send_request(bye, stray.address, now, owner=call))
 
     def _callee_failed(self, call: Call, status: int, reason: str, now: float) -> None:
         """The callee's side gave a final failure, timed out, was unreachable or did
@@ -569,7 +576,7 @@ class SwitchCore:
         call.state = CallState.ROUTING
         call.cause = ""
         if status >= 600:
-            call.targets = []  # a global failure: no other contact is tried (RFC 3261 21.6)
+            call.targets = ()  # a global failure: no other contact is tried (RFC 3261 21.6)
         if call.targets:
             self._try_next_target(call, now)
         elif self.control is not None:
@@ -588,11 +595,12 @@ class SwitchCore:
         headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
         if contact:
             headers.insert(0, ("Contact", self._contact(call.a.address[0])))
+        setup = call.setup
         out = response_to(
-            call.a_invite.request, resp.status, resp.reason,
+            setup.request, resp.status, resp.reason,
             to_tag=call.a.local_tag, headers=headers, body=resp.body,
         )  # fmt: skip
-        call.a_invite.respond(out, self._now)
+        setup.respond(out, self._now)
 
     # --- cancel and release ------------------------------------------------------------------
     def _cancel_from_caller(self, txn: ServerTransaction, req: Request, now: float) -> None:
@@ -623,7 +631,7 @@ class SwitchCore:
             ):
                 continue
             bye = leg.build_request("BYE", self._via(leg.address[0]), "")
-            call.releasing.add(self.layer.send_request(bye, leg.address, now, owner=call))
+            call.releasing.append(self.layer.send_request(bye, leg.address, now, owner=call))
         if not call.releasing:
             self._end(call, now)
 
@@ -697,6 +705,13 @@ class SwitchCore:
         origin = relay.origin
         call = relay.call
         method = origin.request.method
+        if method == "INVITE" and resp.status // 100 == 2 and origin.last_status >= 200:
+            # A retransmitted 2xx of a re-INVITE already answered: ACK it again unless
+            # the ACK waits for the caller's answer. (The origin, accepted, keeps only
+            # the request's identity: nothing to build a response from.)
+            if not relay.leg.ack_held:
+                self._send_ack(relay.leg, b"", None)
+            return
         headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
         if method in ("INVITE", "UPDATE") and resp.status < 300:
             headers.insert(0, ("Contact", self._contact(origin.address[0])))

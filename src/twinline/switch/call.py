@@ -126,23 +126,31 @@ class Relay:
 class Call:
     id: str
     a: Leg
-    a_invite: ServerInviteTransaction
+    # The caller's INVITE transaction, and ours to the callee: let go of once they end
+    # (after the answer), so that an established call holds no setup messages.
+    a_invite: ServerInviteTransaction | None
     dialled: str
     caller: str
     created: float
     state: CallState = CallState.ROUTING
     b: Leg | None = None
     b_invite: ClientInviteTransaction | None = None
-    targets: list[Target] = field(default_factory=list)
-    target: Target | None = None
+    targets: tuple[Target, ...] = ()  # still to try, in order
     late_offer: bool = False  # the caller's INVITE had no SDP: B's ACK carries A's answer
     no_answer: Timer | None = None
-    releasing: set[ClientTransaction] = field(default_factory=set)  # our BYEs
+    releasing: list[ClientTransaction] = field(default_factory=list)  # our BYEs
     abandoned: dict[ClientTransaction, Attempt] = field(default_factory=dict)
     answered_at: float | None = None
     ended_at: float | None = None
     cause: str = ""  # why it ended: "caller-bye", "callee-bye", "cancelled", "486 ..."
     reinvite_pending: bool = False
+
+    @property
+    def setup(self) -> ServerInviteTransaction:
+        """The caller's INVITE transaction while the call is being set up: it ends
+        only after a final response, so an unanswered call always has it."""
+        assert self.a_invite is not None, f"call {self.id}: its INVITE transaction ended"
+        return self.a_invite
 
     def leg(self, side: Side) -> Leg | None:
         return self.a if side is Side.A else self.b

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from twinline.appserver.instance import CallInstance, Role
-from twinline.appserver.runtime import AppServerRuntime
+from twinline.appserver.runtime import MAX_RUNNING, AppServerRuntime
 from twinline.config import AppServer, load_config_text
 from twinline.link.messages import (
     CallInfo,
@@ -471,6 +471,61 @@ def test_the_new_primary_resends_pending_commands_and_replays_events() -> None:
         assert wire.to_switch["as2"] == [Owned(call="c1", epoch=2)]
         assert standby.stats.events_replayed == 1
         assert standby.stats.commands_resent == 0  # Route was executed: not re-sent
+
+    asyncio.run(scenario())
+
+
+def test_a_caught_up_standby_owns_the_call_at_once_and_re_protects_it_after() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        wire.rt["as1"].offered(offered("primary"))
+        wire.rt["as2"].offered(offered("standby"))
+        await settle()
+        new = wire.rt["as2"]
+        wire.hold = True  # catch what goes to the new standby (here as1, back again)
+        new.takeover(Takeover(call="c1", epoch=2, standby="as1", executed=1, event_seq=0))
+        # Nothing to replay, nothing to re-send: owned before any handler runs...
+        assert wire.to_switch["as2"] == [Owned(call="c1", epoch=2)]
+        assert new.instances["c1"].version == 1
+        await settle()
+        # ...and the state goes to the new standby right after (a Refresh checkpoint).
+        assert new.instances["c1"].version == 2
+        assert [(peer, type(m), m.version) for _, peer, m in wire.held] == [("as1", Checkpoint, 2)]
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_of_takeovers_runs_a_bounded_number_of_handlers_at_once() -> None:
+    # Thousands of takeovers at once must not all run in one loop iteration: the
+    # heartbeats would wait behind them. At most MAX_RUNNING runs are under way.
+    running = peak = 0
+    gate = asyncio.Event()
+
+    class Slow(BasicCall):
+        async def progress(self, call: Any, status: int) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await gate.wait()
+            running -= 1
+
+    async def scenario() -> None:
+        rt = AppServerRuntime(
+            "as2", {"basic": Slow(None)}, None,
+            to_switch=lambda msg: None, to_peer=lambda peer, msg: True, wall=lambda: 100.0,
+        )  # fmt: skip
+        calls = 3 * MAX_RUNNING
+        for i in range(calls):
+            rt.offered(offered("primary", call=f"c{i}"))
+        await settle()
+        for i in range(calls):
+            rt.event(event(1, "progress", call=f"c{i}"))
+        await settle()
+        assert peak == MAX_RUNNING
+        gate.set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert peak == MAX_RUNNING and running == 0
 
     asyncio.run(scenario())
 

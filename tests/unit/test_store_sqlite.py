@@ -427,6 +427,35 @@ def test_a_failing_side_effect_leaves_no_key_behind(tmp_path: Path) -> None:
     run(main())
 
 
+def test_operations_queued_together_fail_alone(tmp_path: Path) -> None:
+    # 150 debits of 1 from a balance of 100, queued at once: they commit in shared
+    # transactions (group commit), and the 50 that break the CHECK fail alone, each
+    # leaving no key behind, while every other one is applied and durable.
+    path = tmp_path / "t.db"
+
+    async def main() -> None:
+        async with SqliteStore(path) as store:
+            create_accounts(path, 100)
+            outcomes = await asyncio.gather(
+                *(
+                    store.once(f"call-{i}/debit/1", f"call-{i}", "debit", [(DEBIT, (1, "acct-1"))])
+                    for i in range(150)
+                ),
+                return_exceptions=True,
+            )
+            applied = [i for i, o in enumerate(outcomes) if o is True]
+            failed = [i for i, o in enumerate(outcomes) if isinstance(o, StoreError)]
+            assert (len(applied), len(failed)) == (100, 50)
+            assert all("statement 0 failed: CHECK" in str(outcomes[i]) for i in failed)
+            assert balance(path) == 0
+            for i in (applied[0], applied[-1]):
+                assert await store.side_effect(f"call-{i}/debit/1") is not None
+            for i in (failed[0], failed[-1]):
+                assert await store.side_effect(f"call-{i}/debit/1") is None
+
+    run(main())
+
+
 def test_claim_records_a_side_effect_once_with_its_result(tmp_path: Path) -> None:
     async def main() -> None:
         async with SqliteStore(tmp_path / "t.db") as store:

@@ -45,6 +45,12 @@ log = logging.getLogger("twinline.appserver")
 # more than can be in flight on a peer link, a few MB at most.
 GONE_MEMORY = 100_000
 
+# Calls whose handler runs may be under way at once. A takeover hands a server
+# thousands of calls in one burst: were they all to run, each loop iteration would run
+# thousands of handler steps, and the heartbeats waiting behind them would be late
+# enough for the switch to declare this server dead. The others wait their turn.
+MAX_RUNNING = 64
+
 ToSwitch = Callable[[msgspec.Struct], None]
 ToPeer = Callable[[str, msgspec.Struct], bool]
 
@@ -120,6 +126,7 @@ class AppServerRuntime:
         self._queues: dict[str, deque[Input]] = {}
         self._timers: dict[str, dict[str, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = asyncio.Semaphore(MAX_RUNNING)
         # Calls this server let go of, with their epoch then, oldest first.
         self._gone: dict[str, int] = {}
         self._encoder = msgspec.msgpack.Encoder()
@@ -176,9 +183,13 @@ class AppServerRuntime:
         self.stats.events_replayed += len(replay)
         for ev in replay:
             self._enqueue(inst, ev)
-        if inst.version and not replay:
-            self._enqueue(inst, Refresh())  # fill the new standby
-        self._enqueue(inst, TakenOver(msg.epoch))
+        if inst.version == 0 or replay:
+            self._enqueue(inst, TakenOver(msg.epoch))  # owned once caught up
+        else:
+            # Nothing to catch up on: the call is ours now. Re-protecting it (its state to
+            # the new standby, or to the database) follows; the switch counts that apart.
+            self.to_switch(Owned(call=inst.call, epoch=msg.epoch))
+            self._enqueue(inst, Refresh())
         self._arm_timers(inst)  # overdue ones fire at once, after the replay
         return True
 
@@ -260,8 +271,9 @@ class AppServerRuntime:
     async def _drain(self, inst: CallInstance) -> None:
         queue = self._queues[inst.call]
         try:
-            while queue and not inst.ended and self.instances.get(inst.call) is inst:
-                await self._run(inst, queue.popleft())
+            async with self._running:
+                while queue and not inst.ended and self.instances.get(inst.call) is inst:
+                    await self._run(inst, queue.popleft())
         finally:
             self._queues.pop(inst.call, None)
 

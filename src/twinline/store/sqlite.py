@@ -6,8 +6,10 @@ Threads. sqlite3 blocks, so it never runs on the event loop thread:
   accumulate and are committed as one transaction when the oldest has waited
   `flush_interval` or `batch_size` are pending; an immediate operation (`once`, a
   checkpoint, ...) or a `flush` barrier first commits the batch before it, so the queue's
-  order is the commit order. Results come back through `concurrent.futures.Future`s,
-  which `asyncio.wrap_future` resolves on the caller's loop (`call_soon_threadsafe`).
+  order is the commit order. Immediate operations queued together (a takeover's burst
+  of checkpoints) share one transaction, each in a savepoint: a group commit. Results
+  come back through `concurrent.futures.Future`s, which `asyncio.wrap_future` resolves
+  on the caller's loop (`call_soon_threadsafe`).
 - one *reader* thread owns a read-only connection for queries; in WAL mode readers and
   the writer do not block each other.
 
@@ -142,7 +144,8 @@ class _Write:
 
 @dataclass(frozen=True, slots=True)
 class _Op(Generic[T]):
-    """An immediate operation: `fn` runs inside its own write transaction."""
+    """An immediate operation: `fn` runs in a write transaction, in a savepoint of its
+    own (operations queued together share the transaction: `_Writer._run_ops`)."""
 
     fn: Callable[[sqlite3.Connection], T]
     future: concurrent.futures.Future[T]
@@ -251,6 +254,22 @@ def migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
+def _op_error(op: _Op[Any], e: BaseException, *, busy_timeout: float = 0.0) -> BaseException:
+    """What an immediate operation's caller gets when it failed with `e`."""
+    if not isinstance(e, sqlite3.Error):
+        return e
+    error: StoreError
+    if _is_busy(e):
+        error = StoreBusy(
+            f"{op.what}: the database stayed locked past busy_timeout"
+            f" ({busy_timeout:.1f} s) twice: {e}"
+        )
+    else:
+        error = StoreError(f"{op.what}: {e}")
+    error.__cause__ = e
+    return error
+
+
 class _Writer:
     """The writer thread, its connection, its queue and its counters."""
 
@@ -345,8 +364,11 @@ class _Writer:
         """Serve the queue until a stop barrier; return it (resolved once the file is closed)."""
         batch: list[_Write] = []
         deadline = 0.0
+        carried: _Item | None = None  # taken from the queue while gathering operations
         while True:
-            if batch:
+            if carried is not None:
+                item, carried = carried, None
+            elif batch:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     self._commit_batch(conn, batch)
@@ -374,7 +396,17 @@ class _Writer:
                 self._commit_batch(conn, batch)
                 batch = []
             if isinstance(item, _Op):
-                self._run_op(conn, item)
+                ops: list[_Op[Any]] = [item]
+                while len(ops) < self._batch_size:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(more, _Op):
+                        carried = more  # served next, after these are committed
+                        break
+                    ops.append(more)
+                self._run_ops(conn, ops)
             elif item.stop:
                 return item
             else:
@@ -440,36 +472,48 @@ class _Writer:
             return
         self._count(batches=1, writes=written, rows=rows, errors=failed, dropped=failed)
 
-    def _run_op(self, conn: sqlite3.Connection, op: _Op[Any]) -> None:
-        if not op.future.set_running_or_notify_cancel():
-            return  # the caller gave up before it started: nothing was done
+    def _run_ops(self, conn: sqlite3.Connection, ops: list[_Op[Any]]) -> None:
+        """Immediate operations queued together commit together (group commit): one
+        transaction, each operation in a savepoint of its own so that one that fails
+        is undone alone. Every result is handed out after the COMMIT, never before.
+
+        A takeover checkpoints thousands of calls to the database at once; one
+        transaction each would serialize them on the commit."""
+        ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
+        if not ops:
+            return  # their callers gave up before they started: nothing was done
         for attempt in (1, 2):
+            outcomes: list[tuple[bool, Any]] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                result = op.fn(conn)
+                for op in ops:
+                    conn.execute("SAVEPOINT one_op")
+                    try:
+                        outcomes.append((True, op.fn(conn)))
+                    except Exception as e:  # noqa: BLE001 - handed to that op's caller
+                        conn.execute("ROLLBACK TO one_op")
+                        outcomes.append((False, _op_error(op, e)))
+                    conn.execute("RELEASE one_op")
                 conn.execute("COMMIT")
             except sqlite3.Error as e:
                 _rollback(conn)
                 if _is_busy(e) and attempt == 1:
                     self._count(retries=1)
                     continue
-                if _is_busy(e):
-                    error: StoreError = StoreBusy(
-                        f"{op.what}: the database stayed locked past busy_timeout"
-                        f" ({self._busy_timeout:.1f} s) twice: {e}"
-                    )
-                else:
-                    error = StoreError(f"{op.what}: {e}")
-                error.__cause__ = e
-                op.future.set_exception(error)
+                for op in ops:
+                    op.future.set_exception(_op_error(op, e, busy_timeout=self._busy_timeout))
                 return
-            except BaseException as e:  # noqa: BLE001 - handed to the caller, who raises it
+            except BaseException as e:  # noqa: BLE001 - handed to the callers, who raise it
                 _rollback(conn)
-                op.future.set_exception(e)
+                for op in ops:
+                    op.future.set_exception(e)
                 return
-            else:
-                op.future.set_result(result)
-                return
+            for op, (ok, value) in zip(ops, outcomes, strict=True):
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+            return
 
     def _fail_leftovers(self) -> None:
         """Fail whatever was queued after the writer stopped (nothing, when used as meant)."""

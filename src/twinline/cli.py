@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from twinline import gcpolicy
 from twinline.config import Config, ConfigError, load_config
 
 
@@ -38,6 +39,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         runner = uvloop.run
     except ImportError:
         pass
+    gcpolicy.apply()
     try:
         runner(coro)
     except StartupError as e:

@@ -18,6 +18,10 @@ from itertools import count
 COMPACT_AFTER = 1024  # cancelled timers in the heap before a rebuild is worth it
 
 
+def _nothing(now: float) -> None:
+    pass
+
+
 class Timer:
     __slots__ = ("callback", "cancelled", "deadline", "heap", "seq")
 
@@ -33,6 +37,7 @@ class Timer:
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
+            self.callback = _nothing  # what it would have called may be freed now
             self.heap.cancelled += 1
 
     def __lt__(self, other: Timer) -> bool:

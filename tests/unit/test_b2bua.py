@@ -350,6 +350,21 @@ def test_an_established_call_lets_go_of_its_setup_transactions() -> None:
     assert summaries(out) == [(CALLER, "200 BYE"), (CALLEE, "BYE")]
 
 
+def test_an_ended_call_is_not_held_by_the_transactions_that_outlive_it() -> None:
+    # The transactions of a call stay for up to 64*T1 after it ends, absorbing
+    # retransmissions; the call itself (legs, SDP, strings) must be freed at once.
+    sw = Switch()
+    flow = answered(sw)
+    out = flow.caller_request("BYE", 2)
+    bye = next(s for s in out if s.address == CALLEE)
+    assert flow.respond_to(bye, 200, "OK", CALLEE) == []
+    assert flow.gone()
+    layer = sw.core.layer
+    remaining = [*layer.server.values(), *layer.client.values()]
+    assert remaining  # the INVITE and BYE transactions, for their retransmissions
+    assert all(txn.owner is None for txn in remaining)
+
+
 def test_callee_hangs_up() -> None:
     sw = Switch()
     flow = answered(sw)

@@ -145,3 +145,15 @@ def test_long_timers_cancelled_early_do_not_pile_up() -> None:
     assert log == [("soon", 1000.0), ("kept", 1000.0)]
     keep.cancel()  # fired already: no effect on the count
     assert len(heap) == 0 and heap.cancelled == 0
+
+
+def test_a_cancelled_timer_lets_go_of_its_callback() -> None:
+    # What the callback closes over (a call, a transaction) must not wait in the heap
+    # until the cancelled timer's deadline surfaces.
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    callback = recorder(log, "cancelled")
+    timer = heap.schedule(600.0, callback)
+    timer.cancel()
+    assert timer.callback is not callback
+    assert heap.fire_due(1000.0) == 0 and log == []

@@ -374,6 +374,10 @@ class ClientNonInviteTransaction(ClientTransaction):
     def _final(self, now: float) -> None:
         self._start_end(now, 0 if self.reliable else self.layer.t4)  # Timer K
         self._deliver(now)
+        # Completed only absorbs retransmitted responses: the request can go.
+        self.last_response = None
+        self._data = b""
+        self.request = self.request.identity()
 
     TABLE: ClassVar[Table] = {
         (State.TRYING, Input.TIMER_RETRANSMIT): (_retransmit_e, State.TRYING),
@@ -490,6 +494,8 @@ class ServerNonInviteTransaction(ServerTransaction):
     def _final(self, now: float) -> None:
         self._send_last(now)
         self._start_end(now, 0 if self.reliable else 64 * self.layer.t1)  # Timer J
+        # Completed only answers retransmissions with the response's bytes, for 64*T1.
+        self.request = self.request.identity()
 
     TABLE: ClassVar[Table] = {
         (State.TRYING, Input.TU_1XX): (ServerTransaction._send_last, State.PROCEEDING),

@@ -234,6 +234,7 @@ class SwitchCore:
                 self._abandoned_responded(owner, txn, resp, now)
             elif resp.status >= 200 and txn in owner.releasing:
                 owner.releasing.remove(txn)
+                txn.owner = None
                 if not owner.releasing and owner.state is CallState.RELEASING:
                     self._end(owner, now)
         elif isinstance(owner, Relay):
@@ -281,6 +282,7 @@ class SwitchCore:
             self._release(call, Ending.SWITCH, now, cause="no-ack")
         elif txn in call.releasing:
             call.releasing.remove(txn)
+            txn.owner = None
             if not call.releasing and call.state is CallState.RELEASING:
                 self._end(call, now)
 
@@ -335,6 +337,7 @@ class SwitchCore:
             return
         self.dialogs.pop((leg.call_id, leg.local_tag), None)
         if txn.state not in (State.CALLING, State.PROCEEDING):
+            txn.owner = None  # over already: what it still absorbs is no concern of the call
             return
         attempt = Attempt(leg)
         call.abandoned[txn] = attempt
@@ -651,6 +654,14 @@ class SwitchCore:
             self.stats.calls_completed += 1
         if self.control is not None:
             self.control.released(call, now)
+        # Its transactions outlive the call by up to 64*T1, absorbing retransmissions;
+        # they need it no more, and it need not stay in memory that long. (Abandoned
+        # attempts still do: a late 1xx gets its CANCEL, a late 2xx its ACK and BYE.)
+        for txn in (call.a_invite, call.b_invite, *call.releasing):
+            if txn is not None:
+                txn.owner = None
+        call.a_invite = call.b_invite = None
+        call.releasing = []
 
     # --- in-dialog requests -------------------------------------------------------------------
     def _in_dialog(

@@ -58,7 +58,8 @@ class TimerHeap:
         return timer
 
     def _compact(self) -> None:
-        self._heap = [t for t in self._heap if not t.cancelled]
+        # In place: `fire_due` may be running the callback that scheduled this timer.
+        self._heap[:] = [t for t in self._heap if not t.cancelled]
         heapq.heapify(self._heap)
         self.cancelled = 0
 

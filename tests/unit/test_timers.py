@@ -157,3 +157,20 @@ def test_a_cancelled_timer_lets_go_of_its_callback() -> None:
     timer.cancel()
     assert timer.callback is not callback
     assert heap.fire_due(1000.0) == 0 and log == []
+
+
+def test_a_callback_that_triggers_a_rebuild_still_sees_its_timers_fire() -> None:
+    heap = TimerHeap()
+    log: list[tuple[str, float]] = []
+    for _ in range(2 * COMPACT_AFTER):
+        heap.schedule(900.0, recorder(log, "cancelled")).cancel()
+
+    def schedules(now: float) -> None:
+        # The rebuild happens here, in the middle of fire_due.
+        heap.schedule(now, recorder(log, "scheduled by the callback"))
+
+    heap.schedule(1.0, schedules)
+    heap.schedule(2.0, recorder(log, "after"))
+    assert heap.fire_due(5.0) == 3
+    assert log == [("after", 5.0), ("scheduled by the callback", 5.0)]
+    assert len(heap) == 0

@@ -492,7 +492,8 @@ class _Writer:
                         outcomes.append((True, op.fn(conn)))
                     except Exception as e:  # noqa: BLE001 - handed to that op's caller
                         conn.execute("ROLLBACK TO one_op")
-                        outcomes.append((False, _op_error(op, e)))
+                        error = _op_error(op, e, busy_timeout=self._busy_timeout)
+                        outcomes.append((False, error))
                     conn.execute("RELEASE one_op")
                 conn.execute("COMMIT")
             except sqlite3.Error as e:

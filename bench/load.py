@@ -30,8 +30,6 @@ SIGTERM ends SIPp at once and writes the final statistics line.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 import shutil
@@ -42,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.sipp_files import EMPTY_STATS, SippStats, StatsError, parse_stats_text
 from bench.util import cpu_seconds, stop_process, udp_port_bound, wait_until
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -65,54 +64,12 @@ def sipp_binary() -> str:
 # --------------------------------------------------------------------------- files
 
 
-@dataclass(frozen=True)
-class Stats:
-    """The counters of one SIPp statistics line."""
-
-    created: int
-    current: int
-    successful: int
-    failed: int
-    retransmissions: int
-    dead_call_msgs: int
-    out_of_call_msgs: int
-    failure_counters: dict[str, int]  # every non-zero Failed*(C) counter
-
-
-EMPTY_STATS = Stats(0, 0, 0, 0, 0, 0, 0, {})
-
-
-def parse_stats(text: str) -> Stats:
-    """The last complete line of a ``-trace_stat`` CSV (``;``-separated, with a header)."""
-    rows = [row for row in csv.reader(io.StringIO(text), delimiter=";") if row]
-    if len(rows) < 2 or "SuccessfulCall(C)" not in rows[0]:
+def parse_stats(text: str) -> SippStats:
+    """The last complete line of a ``-trace_stat`` CSV; all zeros while there is none."""
+    try:
+        return parse_stats_text(text)
+    except StatsError:
         return EMPTY_STATS
-    header = rows[0]
-    complete = [row for row in rows[1:] if len(row) >= len(header)]
-    if not complete:
-        return EMPTY_STATS
-    values = dict(zip(header, complete[-1], strict=False))
-
-    def count(key: str) -> int:
-        value = values.get(key, "").strip()
-        return int(value) if value.isdigit() else 0
-
-    counters = {
-        key.removesuffix("(C)"): count(key)
-        for key in header
-        if key.startswith("Failed") and key.endswith("(C)") and key != "FailedCall(C)"
-        if count(key)
-    }
-    return Stats(
-        created=count("TotalCallCreated"),
-        current=count("CurrentCall"),
-        successful=count("SuccessfulCall(C)"),
-        failed=count("FailedCall(C)"),
-        retransmissions=count("Retransmissions(C)"),
-        dead_call_msgs=count("DeadCallMsgs(C)"),
-        out_of_call_msgs=count("OutOfCallMsgs(C)"),
-        failure_counters=counters,
-    )
 
 
 # An entry of the error file starts with "2026-11-25<TAB>10:52:25.788371<TAB>1795...: ",
@@ -219,7 +176,7 @@ class SippRun:
             assert self.process is not None
             self.cpu_s = max(self.cpu_s, cpu_seconds([self.process.pid]))
 
-    def stats(self) -> Stats:
+    def stats(self) -> SippStats:
         try:
             return parse_stats(self.stats_file.read_text(errors="replace"))
         except OSError:
@@ -384,7 +341,7 @@ def outcome(uac: SippRun, uas: SippRun | None, *, rate: float, calls: int) -> Ou
         achieved_rate=achieved,
         retransmissions=stats.retransmissions,
         causes=causes,
-        counters=stats.failure_counters,
+        counters=stats.failure_causes,
         uac_cpu_s=uac.cpu_s,
         uas_cpu_s=uas.cpu_s if uas is not None else 0.0,
         wall_s=(uac.ended - uac.started) if uac.ended else 0.0,

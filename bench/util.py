@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.sipp_files import bound_ports
+
 # What a part of the run may fail with (an element that does not start, a status API
 # that does not answer, a SIPp run that ends early): the run records it and goes on.
 RUN_ERRORS = (
@@ -41,16 +43,7 @@ def free_port() -> int:
 
 
 def udp_port_bound(port: int) -> bool:
-    for name in ("udp", "udp6"):
-        try:
-            lines = Path("/proc/net", name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 1 and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+    return port in bound_ports("udp")
 
 
 def wait_until(predicate: object, timeout: float, interval: float = 0.05) -> bool:

@@ -24,6 +24,7 @@ from twinline.store import (
     StoreBusy,
     StoreClosed,
     StoreError,
+    Tx,
     open_store,
     sqlite_path,
 )
@@ -423,6 +424,67 @@ def test_a_failing_side_effect_leaves_no_key_behind(tmp_path: Path) -> None:
             debit = [(DEBIT, (4, "acct-1")), (DEBIT, (6, "acct-1"))]
             assert await store.once("call-1/debit/1", "call-1", "debit", debit, result="0")
             assert balance(path) == 0
+
+    run(main())
+
+
+def test_once_with_decides_from_the_database_and_replays_its_first_result(
+    tmp_path: Path,
+) -> None:
+    """An effect that reads before it writes (debit what the balance allows) runs once;
+    every later application of its key gets the first result back, not a new decision."""
+    path = tmp_path / "t.db"
+
+    def debit_up_to(want: int) -> Callable[[Tx], str | None]:
+        def effect(tx: Tx) -> str:
+            row = tx.fetchone("SELECT balance FROM accounts WHERE id = ?", ("acct-1",))
+            assert row is not None
+            take = min(want, int(str(row["balance"])))
+            assert tx.execute(DEBIT, (take, "acct-1")) == 1
+            return str(take)
+
+        return effect
+
+    async def main() -> None:
+        async with SqliteStore(path) as a, SqliteStore(path) as b:
+            create_accounts(path, 50)
+            outcomes = await asyncio.gather(
+                *(s.once_with("c1/debit", "c1", "debit", debit_up_to(80)) for s in (a, b) * 10)
+            )
+            assert [o.applied for o in outcomes].count(True) == 1
+            assert {o.result for o in outcomes} == {"50"}
+            assert balance(path) == 0
+            # The same key after the balance changed: still the first result.
+            with raw(path) as conn:
+                conn.execute("UPDATE accounts SET balance = 1000")
+            again = await b.once_with("c1/debit", "c1", "debit", debit_up_to(80))
+            assert (again.applied, again.result) == (False, "50")
+
+    run(main())
+
+
+def test_a_failing_effect_rolls_back_with_its_key_and_transactions_read_by_name(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+
+    def refuse(tx: Tx) -> str:
+        tx.execute(DEBIT, (1, "acct-1"))
+        raise ValueError("no credit")
+
+    async def main() -> None:
+        async with SqliteStore(path) as store:
+            create_accounts(path, 10)
+            with pytest.raises(ValueError, match="no credit"):
+                await store.once_with("c1/x", "c1", "debit", refuse)
+            assert await store.side_effect("c1/x") is None
+            changed = await store.transaction(
+                "top-up", lambda tx: tx.execute("UPDATE accounts SET balance = balance + 5")
+            )
+            assert changed == 1
+            rows = await store.read(lambda tx: tx.fetchall("SELECT id, balance FROM accounts"))
+            assert rows == [{"id": "acct-1", "balance": 15}]
+            assert await store.read(lambda tx: tx.fetchone("SELECT 1 AS x WHERE 0")) is None
 
     run(main())
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from twinline.store.base import Store, StoreStats
+from twinline.store.base import OnceOutcome, Row, Store, StoreStats, Tx
 from twinline.store.errors import (
     SchemaError,
     SchemaTooNew,
@@ -41,8 +41,10 @@ __all__ = [
     "ActiveCall",
     "Cdr",
     "Checkpoint",
+    "OnceOutcome",
     "Placement",
     "Role",
+    "Row",
     "SchemaError",
     "SchemaTooNew",
     "SideEffect",
@@ -54,6 +56,7 @@ __all__ = [
     "StoreClosed",
     "StoreError",
     "StoreStats",
+    "Tx",
     "open_store",
     "sqlite_path",
 ]

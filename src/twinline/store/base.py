@@ -27,9 +27,10 @@ effect loses the effect, so prefer `once()` wherever the effect can be a write).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol, TypeVar
 
 from twinline.store.records import (
     ActiveCall,
@@ -38,8 +39,44 @@ from twinline.store.records import (
     Placement,
     Role,
     SideEffect,
+    SqlValue,
     Statement,
 )
+
+T = TypeVar("T")
+
+# A row as a query returns it: values by column name, the same on every backend.
+Row = Mapping[str, SqlValue]
+
+
+class Tx(Protocol):
+    """One database transaction, as a function given to `Store.transaction`,
+    `Store.read` or `Store.once_with` sees it. Synchronous: the function runs on the
+    store's own thread, inside the transaction, and must not block on anything else.
+
+    SQL uses `?` placeholders (the backend renders them in its driver's style).
+    """
+
+    def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
+        """Run a statement; returns how many rows it changed."""
+        ...
+
+    def fetchone(self, sql: str, params: Sequence[SqlValue] = ()) -> Row | None:
+        """The first row of a query, or None."""
+        ...
+
+    def fetchall(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
+        """Every row of a query."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OnceOutcome:
+    """What `Store.once_with` did: applied now, or found applied before; either way
+    `result` is what the first application returned."""
+
+    applied: bool
+    result: str | None
 
 
 @dataclass(frozen=True)
@@ -154,6 +191,33 @@ class Store(abc.ABC):
         transaction, the key included, and raises `StoreError`, so the effect can be
         tried again. Statements use `?` placeholders.
         """
+
+    @abc.abstractmethod
+    async def once_with(
+        self, key: str, call_id: str, kind: str, effect: Callable[[Tx], str | None]
+    ) -> OnceOutcome:
+        """Run `effect` and record `key` with what it returned, in one transaction,
+        unless `key` exists: then nothing runs and the stored result comes back.
+
+        The effect decides from what the database holds (a balance, a reservation) and
+        returns its result as text (the amount debited, a refusal), which every replay
+        of the same key gets back unchanged. An exception from `effect` rolls back the
+        whole transaction, the key included, and reaches the caller (a `StoreError` for
+        a database error), so the effect can be tried again.
+        """
+
+    @abc.abstractmethod
+    async def transaction(self, what: str, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in a write transaction, committed when this returns.
+
+        `what` names the operation in errors and the log. An exception from `fn` rolls
+        the transaction back and reaches the caller.
+        """
+
+    @abc.abstractmethod
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in a read-only transaction on what is committed (`flush()` first to
+        see this store's own batched writes)."""
 
     @abc.abstractmethod
     async def save_checkpoint(self, call_id: str, epoch: int, version: int, data: bytes) -> bool:

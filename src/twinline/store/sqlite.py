@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from twinline.store import schema
-from twinline.store.base import Store, StoreStats
+from twinline.store.base import OnceOutcome, Row, Store, StoreStats, Tx
 from twinline.store.errors import StoreBusy, StoreClosed, StoreError
 from twinline.store.records import (
     ActiveCall,
@@ -125,6 +125,8 @@ _SELECT_PLACEMENTS = (
 _SELECT_CHECKPOINT = (
     "SELECT call_id, epoch, version, data, saved_at FROM checkpoints WHERE call_id = ?"
 )
+_STORE_RESULT = "UPDATE side_effects SET result = ? WHERE key = ?"
+_SIDE_EFFECT_RESULT = "SELECT result FROM side_effects WHERE key = ?"
 _SELECT_SIDE_EFFECT = (
     "SELECT key, call_id, kind, applied_at, result FROM side_effects WHERE key = ?"
 )
@@ -161,6 +163,30 @@ class _Barrier:
 
 
 _Item = _Write | _Op[Any] | _Barrier
+
+
+class _SqliteTx:
+    """`Tx` over a sqlite3 connection: rows by column name."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
+        return self._conn.execute(sql, tuple(params)).rowcount
+
+    def fetchone(self, sql: str, params: Sequence[SqlValue] = ()) -> Row | None:
+        cur = self._conn.execute(sql, tuple(params))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip((d[0] for d in cur.description), row, strict=True))
+
+    def fetchall(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
+        cur = self._conn.execute(sql, tuple(params))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _is_busy(error: sqlite3.Error) -> bool:
@@ -728,6 +754,44 @@ class SqliteStore(Store):
             return True
 
         return await self._write_now(f"side effect {key}", once)
+
+    async def once_with(
+        self, key: str, call_id: str, kind: str, effect: Callable[[Tx], str | None]
+    ) -> OnceOutcome:
+        params = (key, call_id, kind, time.time(), None)
+
+        def once(conn: sqlite3.Connection) -> OnceOutcome:
+            if conn.execute(_CLAIM, params).rowcount != 1:
+                row = conn.execute(_SIDE_EFFECT_RESULT, (key,)).fetchone()
+                return OnceOutcome(applied=False, result=row[0] if row else None)
+            result = effect(_SqliteTx(conn))
+            if result is not None:
+                conn.execute(_STORE_RESULT, (result, key))
+            return OnceOutcome(applied=True, result=result)
+
+        return await self._write_now(f"side effect {key}", once)
+
+    async def transaction(self, what: str, fn: Callable[[Tx], T]) -> T:
+        return await self._write_now(what, lambda conn: fn(_SqliteTx(conn)))
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        reader = self._reader
+        if reader is None or self._writer is None:
+            raise StoreClosed(f"{self!r} is not open")
+        return await asyncio.get_running_loop().run_in_executor(reader, self._read_tx, fn)
+
+    def _read_tx(self, fn: Callable[[Tx], T]) -> T:
+        try:
+            if self._read_conn is None:
+                self._read_conn = _connect(self.path, self.busy_timeout, readonly=True)
+            conn = self._read_conn
+            conn.execute("BEGIN")
+            try:
+                return fn(_SqliteTx(conn))
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise StoreError(f"query failed on {str(self.path)!r}: {e}") from e
 
     async def save_checkpoint(self, call_id: str, epoch: int, version: int, data: bytes) -> bool:
         params = (call_id, epoch, version, data, time.time())

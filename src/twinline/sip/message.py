@@ -236,7 +236,7 @@ class Message:
 
 
 class Request(Message):
-    __slots__ = ("method", "uri")
+    __slots__ = ("max_forwards", "method", "sent_by", "uri")
 
     def __init__(
         self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes = b""
@@ -244,6 +244,11 @@ class Request(Message):
         super().__init__(headers, body)
         self.method = method
         self.uri = uri
+        # Filled by parse_message: the top Via's sent-by as "host:port" (host lower-cased,
+        # the transport's default port written out) for transaction matching (RFC 3261
+        # 17.2.3), and Max-Forwards as a number (-1 when absent).
+        self.sent_by = ""
+        self.max_forwards = -1
 
     def _head_lines(self) -> list[str]:
         return [f"{self.method} {self.uri} {SIP_VERSION}"]
@@ -258,6 +263,8 @@ class Request(Message):
         req.branch = self.branch
         req.from_tag = self.from_tag
         req.to_tag = self.to_tag
+        req.sent_by = self.sent_by
+        req.max_forwards = self.max_forwards
         return req
 
     def __repr__(self) -> str:
@@ -584,6 +591,19 @@ def parse_via(value: str) -> Via:
     return Via(transport.upper(), host, port, parse_params(semi + rest, " in Via header"))
 
 
+def _sent_by(via: Via) -> str:
+    """The sent-by of a Via as compared for transaction matching: "host:port", the host
+    lower-cased (host names are case-insensitive) and bracketed when IPv6, the port of
+    the transport written out when absent (RFC 3261 18.1.1: 5060, 5061 for TLS)."""
+    host = via.host.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = via.port
+    if port is None:
+        port = 5061 if via.transport == "TLS" else 5060
+    return f"{host}:{port}"
+
+
 def _via_port(text: str) -> int:
     port = _decimal(text.strip(" \t"), 65535)
     if port <= 0 or port > 65535:
@@ -890,12 +910,15 @@ def _fill_common(msg: Request | Response, stream: bool) -> None:
         if parse_uri(msg.uri).headers:  # validates; 416 for unknown schemes
             # RFC 3261 19.1.1 allows headers in no Request-URI (RFC 4475 3.1.2.11).
             raise SipParseError("Headers not allowed in Request-URI")
-        if max_forwards is not None and not 0 <= _decimal(max_forwards, 255) <= 255:
-            raise SipParseError("Invalid Max-Forwards")
+        if max_forwards is not None:
+            hops = _decimal(max_forwards, 255)  # "00" is zero; no sign, no spaces inside
+            if not 0 <= hops <= 255:
+                raise SipParseError("Invalid Max-Forwards")
+            msg.max_forwards = hops
         # The addresses must be readable for a dialog to be built on them.
         _check_address(from_v, "From")
         _check_address(to_v, "To")
-        parse_via(via_v)
+        msg.sent_by = _sent_by(parse_via(via_v))
     if clen_values:
         lengths = {_decimal(v, 2**31) for v in clen_values}
         if min(lengths) < 0:

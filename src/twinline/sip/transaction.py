@@ -33,9 +33,14 @@ The 2xx is retransmitted here until its ACK arrives rather than in the TU (RFC 3
 owns every retransmission. Non-INVITE machines (17.1.2, 17.2.2) follow the RFC's
 figures 6 and 8 directly.
 
-Transactions are matched by the top Via branch and the method (ACK matching INVITE,
-RFC 3261 17.2.3). The sent-by comparison is left out: branches here are 64 random bits,
-so a collision between two clients is not a practical case.
+Server transactions are matched as RFC 3261 17.2.3 says: the top Via's branch, its
+sent-by and the method (ACK matching INVITE; a CANCEL finds its INVITE the same way, 9.2).
+The sent-by is part of the key because the branch is only unique per client: a second
+client that picks (or copies) the same branch must get a transaction of its own, and a
+CANCEL or ACK from elsewhere must not reach someone else's INVITE. Branches without the
+magic cookie (RFC 2543 clients) are matched on Request-URI, To tag, From tag, Call-ID,
+CSeq number and the top Via (its sent-by and branch; ``received`` and ``rport`` are ours).
+Client transactions are matched on branch and CSeq method (17.1.3): the branch is ours.
 """
 
 from __future__ import annotations
@@ -409,16 +414,18 @@ class ClientNonInviteTransaction(ClientTransaction):
 
 
 class ServerTransaction(Transaction):
-    __slots__ = ("_last", "last_status")
+    __slots__ = ("_last", "last_status", "last_to_tag")
 
     def __init__(self, layer: TransactionLayer, key: str, request: Request, address: Address):
         super().__init__(layer, key, request, address)
         self._last: bytes | None = None
         self.last_status = 0
+        self.last_to_tag = ""  # what an RFC 2543 ACK's To tag must match
 
     def respond(self, resp: Response, now: float) -> None:
         self._last = resp.to_bytes()
         self.last_status = resp.status
+        self.last_to_tag = resp.to_tag
         self.handle(_tu_kind(resp.status), now)
 
     # effects
@@ -535,17 +542,35 @@ class TransactionLayer:
         self._accepted_by_dialog: dict[tuple[str, int], ServerInviteTransaction] = {}
 
     @staticmethod
-    def _server_key(req: Request, method: str) -> str:
-        if req.branch.startswith("z9hG4bK"):
-            return f"{req.branch}|{method}"
+    def _server_key(req: Request, method: str, to_tag: str | None = None) -> str:
+        """The key of the server transaction `req` belongs to (17.2.3), for `method`
+        (INVITE for an ACK or a CANCEL). `to_tag` replaces the request's own in the RFC
+        2543 key, for an ACK whose To tag is the one of our response."""
+        branch = req.branch
+        if branch.startswith("z9hG4bK"):
+            return f"{branch}|{req.sent_by}|{method}"
         # RFC 2543 peers: no magic cookie, match on what identifies the request.
-        return f"{req.call_id}|{req.cseq}|{req.from_tag}|{req.get('Via')}|{method}"
+        tag = req.to_tag if to_tag is None else to_tag
+        return (
+            f"{req.uri}|{tag}|{req.from_tag}|{req.call_id}|{req.cseq}|{req.sent_by}"
+            f"|{branch}|{method}"
+        )
+
+    def _invite_for_ack(self, ack: Request) -> ServerTransaction | None:
+        txn = self.server.get(self._server_key(ack, "INVITE"))
+        if txn is None and ack.to_tag and not ack.branch.startswith("z9hG4bK"):
+            # RFC 2543: an initial INVITE had no To tag; its ACK carries the one of the
+            # response it acknowledges.
+            txn = self.server.get(self._server_key(ack, "INVITE", to_tag=""))
+            if txn is not None and txn.last_to_tag != ack.to_tag:
+                return None
+        return txn
 
     # inbound ------------------------------------------------------------------------
     def receive_request(self, req: Request, source: Address, now: float) -> None:
         method = req.method
         if method == "ACK":
-            txn = self.server.get(self._server_key(req, "INVITE"))
+            txn = self._invite_for_ack(req)
             if isinstance(txn, ServerInviteTransaction) and txn.state in (
                 State.COMPLETED,
                 State.CONFIRMED,

@@ -372,8 +372,7 @@ class SwitchCore:
                 txn, req, 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))], tag=True
             )
             return
-        max_forwards = req.get("Max-Forwards")
-        if max_forwards == "0":
+        if req.max_forwards == 0:  # read as a number by the parser: "00" is zero too
             self._respond(txn, req, 483, "Too Many Hops", tag=True)
             return
         if len(self.calls) >= self.max_calls or self.overloaded:
@@ -452,8 +451,8 @@ class SwitchCore:
             self.dialogs.pop((call.b.call_id, call.b.local_tag), None)
         call.b = b
         self.dialogs[(b.call_id, b.local_tag)] = (call, b)
-        max_forwards = a_req.get("Max-Forwards")
-        hops = int(max_forwards) - 1 if max_forwards and max_forwards.isdigit() else 69
+        # One hop less than the caller's (RFC 3261 16.6 step 3); 70 less one when it sent none.
+        hops = a_req.max_forwards - 1 if a_req.max_forwards > 0 else 69
         branch = new_branch()
         headers = [
             ("Via", f"{self._via(transport)};branch={branch};rport"),

@@ -24,7 +24,6 @@ record the decision for each RFC 4475 message.
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass, field
 
 from twinline.sip.errors import SipParseError
@@ -1020,18 +1019,6 @@ def _content_length(head: bytes, limit: int) -> int:
 
 
 # --- building messages --------------------------------------------------------------------
-
-
-def new_tag() -> str:
-    return f"{random.getrandbits(48):012x}"
-
-
-def new_branch() -> str:
-    return f"z9hG4bK{random.getrandbits(64):016x}"
-
-
-def new_call_id(host: str) -> str:
-    return f"{random.getrandbits(96):024x}@{host}"
 
 
 def response_to(

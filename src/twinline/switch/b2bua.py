@@ -19,13 +19,11 @@ from itertools import count
 from typing import Protocol
 
 from twinline.sip.errors import SipParseError
+from twinline.sip.ids import new_branch, new_call_id, new_tag
 from twinline.sip.message import (
     Limits,
     Request,
     Response,
-    new_branch,
-    new_call_id,
-    new_tag,
     parse_message,
     parse_name_addr,
     parse_uri,

@@ -17,7 +17,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from twinline.sip.message import Request, new_branch
+from twinline.sip.ids import new_branch
+from twinline.sip.message import Request
 from twinline.sip.transaction import (
     Address,
     ClientInviteTransaction,

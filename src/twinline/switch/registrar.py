@@ -41,11 +41,11 @@ from twinline.sip.digest import (
     parse_credentials,
 )
 from twinline.sip.errors import SipParseError
+from twinline.sip.ids import new_tag
 from twinline.sip.message import (
     Request,
     Response,
     SipUri,
-    new_tag,
     parse_name_addr,
     parse_uri,
     response_to,

@@ -107,6 +107,25 @@ class AppServer(_Section, frozen=True):
     # Where this server reaches the switch's call tracking links, when not at
     # `switch.link` (a NAT, another interface, a proxy): "HOST:PORT".
     ctl: str | None = None
+    # Where this server serves its Prometheus metrics (`GET /metrics`): "HOST:PORT".
+    # By default the peer address's host, on the peer port + METRICS_PORT_OFFSET.
+    metrics: str | None = None
+
+    def metrics_address(self) -> tuple[str, int]:
+        """(host, port) of the metrics endpoint. Raises ValueError."""
+        if self.metrics is not None:
+            return parse_hostport(self.metrics)
+        host, port = parse_hostport(self.peer)
+        if port + METRICS_PORT_OFFSET > 65535:
+            raise ValueError(
+                f"the default (peer port {port} + {METRICS_PORT_OFFSET}) is past 65535: "
+                'set metrics = "HOST:PORT"'
+            )
+        return host, port + METRICS_PORT_OFFSET
+
+
+# An application server's metrics port when its `metrics` key is not set: peer + this.
+METRICS_PORT_OFFSET = 1000
 
 
 class Database(_Section, frozen=True):
@@ -273,6 +292,10 @@ def _check(config: Config) -> None:
                 parse_hostport(server.ctl)
             except ValueError as e:
                 fail(f"appservers[{i}].ctl", str(e))
+        try:
+            server.metrics_address()
+        except ValueError as e:
+            fail(f"appservers[{i}].metrics", str(e))
         if server.capacity < 1:
             fail(f"appservers[{i}].capacity", "must be at least 1")
     if not config.database.url.startswith(("sqlite:///", "postgresql://")):

@@ -151,8 +151,10 @@ class ChaosCluster(Cluster):
         for i in range(self.servers):
             name = f"as{i + 1}"
             self.peer_ports.setdefault(name, free_port())
+            self.metrics_ports.setdefault(name, free_port())
             servers += (
                 f'[[appservers]]\nname = "{name}"\npeer = "127.0.0.1:{self.peer_ports[name]}"\n'
+                f'metrics = "127.0.0.1:{self.metrics_ports[name]}"\n'
             )
             if name in self.ctl:
                 servers += f'ctl = "{self.ctl[name]}"\n'

@@ -28,6 +28,9 @@ class Cluster:
     link_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # Each application server's metrics port (set explicitly: the default, peer port +
+    # 1000, could be a port some other test holds).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -46,9 +49,12 @@ class Cluster:
         return f"127.0.0.1:{self.sip_port}"
 
     def write_config(self) -> None:
+        for i in range(self.servers):
+            self.metrics_ports.setdefault(f"as{i + 1}", free_port())
         servers = "".join(
-            f'[[appservers]]\nname = "as{i + 1}"\npeer = "127.0.0.1:{free_port()}"\n\n'
-            for i in range(self.servers)
+            f'[[appservers]]\nname = "{name}"\npeer = "127.0.0.1:{free_port()}"\n'
+            f'metrics = "127.0.0.1:{port}"\n\n'
+            for name, port in self.metrics_ports.items()
         )
         self.config_path.write_text(
             f"""[switch]
@@ -112,6 +118,13 @@ target = "127.0.0.1:{self.callee_port}"
         )
         data: dict[str, Any] = json.loads(out.stdout)
         return data
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Every process's metrics endpoint, by process name."""
+        urls = {"switch": f"http://127.0.0.1:{self.http_port}/metrics"}
+        for name, port in self.metrics_ports.items():
+            urls[name] = f"http://127.0.0.1:{port}/metrics"
+        return urls
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -20,6 +20,7 @@ import msgspec
 
 from twinline.appserver.runtime import AppServerRuntime
 from twinline.config import Config, parse_hostport
+from twinline.errors import StartupError
 from twinline.link.aio import AioLink, connect, serve
 from twinline.link.endpoint import Closed, Established, HelloReceived, LinkEndpoint, Received
 from twinline.link.messages import (
@@ -36,6 +37,8 @@ from twinline.link.messages import (
     Takeover,
     Welcome,
 )
+from twinline.metrics import LoopLag, make_registry, start_metrics_http
+from twinline.metrics_appserver import appserver_collector
 from twinline.services import SERVICES
 from twinline.store import open_store
 
@@ -55,9 +58,9 @@ class AppServerProcess:
         self.incarnation = random.getrandbits(62)
         self.secret = config.cluster.secret.encode()
         self.store = open_store(config.database.url)  # opened in run()
-        services: dict[str, Any] = {n: cls(self.store) for n, cls in SERVICES.items()}
+        self.services: dict[str, Any] = {n: cls(self.store) for n, cls in SERVICES.items()}
         self.runtime = AppServerRuntime(
-            name, services, self.store,
+            name, self.services, self.store,
             to_switch=self._to_switch, to_peer=self._to_peer, wall=time.time,
         )  # fmt: skip
         self.ctl: AioLink | None = None
@@ -65,6 +68,8 @@ class AppServerProcess:
         self.dropped_to_switch = 0
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.loop_lag = LoopLag()
+        self.metrics = make_registry(appserver_collector(self))
 
     def _endpoint(self, role: str, receives: Any, expect: str | None = None) -> LinkEndpoint:
         dead_after = self.config.cluster.dead_after
@@ -208,6 +213,14 @@ class AppServerProcess:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        mhost, mport = self.me.metrics_address()
+        try:
+            metrics = await start_metrics_http(self.metrics, mhost, mport)
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on appservers {self.name}'s metrics address "
+                f"{mhost}:{mport}: {e.strerror or e}"
+            ) from None
         await self.store.open()
         host, port = parse_hostport(self.me.peer)
         server = await serve(
@@ -218,6 +231,7 @@ class AppServerProcess:
                 phost, pport = parse_hostport(peer.peer)
                 self._tasks.append(loop.create_task(self._keep_peer(peer.name, phost, pport)))
         self._tasks.append(loop.create_task(self._keep_ctl()))
+        self._tasks.append(loop.create_task(self.loop_lag.probe()))
         log.info("application server %s up (peers on %s:%s)", self.name, host, port)
         await stop.wait()
         await self._hand_over()
@@ -229,6 +243,7 @@ class AppServerProcess:
         for link in list(self.peers.values()):
             link.close("server stopping")
         server.close()
+        await metrics.cleanup()
         await self.store.close()
         s = self.runtime.stats
         log.info(

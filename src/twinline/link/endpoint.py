@@ -322,6 +322,11 @@ class LinkEndpoint:
     def peer_name(self) -> str | None:
         return None if self._peer is None else self._peer.name
 
+    @property
+    def last_received(self) -> float:
+        """When (on the `now` clock) the last bytes came from the peer."""
+        return self._last_rx
+
     # --- inputs ---
 
     def start(self, now: float) -> None:

@@ -5,7 +5,7 @@
 - `POST /api/servers/{name}/drain` (`?off=1` to undo) and `POST
   /api/servers/{name}/handover`: planned maintenance.
 
-The dashboard and the Prometheus metrics will be served from here too.
+- `GET /metrics`: the switch's Prometheus metrics (`twinline.metrics_switch`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import logging
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from twinline.metrics import metrics_handler
 
 log = logging.getLogger("twinline.ops")
 
@@ -26,7 +29,7 @@ class Operable(Protocol):
     def handover(self, name: str) -> dict[str, Any]: ...
 
 
-def make_app(switch: Operable) -> web.Application:
+def make_app(switch: Operable, metrics: CollectorRegistry | None = None) -> web.Application:
     async def get_status(request: web.Request) -> web.Response:
         return web.json_response(switch.status())
 
@@ -50,11 +53,15 @@ def make_app(switch: Operable) -> web.Application:
     app.router.add_get("/api/status", get_status)
     app.router.add_post("/api/servers/{name}/drain", post_drain)
     app.router.add_post("/api/servers/{name}/handover", post_handover)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics_handler(metrics))
     return app
 
 
-async def start_http(switch: Operable, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(switch), access_log=None)
+async def start_http(
+    switch: Operable, host: str, port: int, *, metrics: CollectorRegistry | None = None
+) -> web.AppRunner:
+    runner = web.AppRunner(make_app(switch, metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

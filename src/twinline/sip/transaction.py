@@ -203,6 +203,7 @@ class Transaction:
 
     def _on_retransmit(self, now: float) -> None:
         self._retransmit = None
+        self.layer.retransmissions_sent += 1
         self.handle(Input.TIMER_RETRANSMIT, now)
 
     def _on_timeout(self, now: float) -> None:
@@ -540,6 +541,10 @@ class TransactionLayer:
         # Accepted INVITE server transactions by (Call-ID, CSeq): their 2xx is ACKed
         # with a new branch, so the ACK is matched on the dialog's identity instead.
         self._accepted_by_dialog: dict[tuple[str, int], ServerInviteTransaction] = {}
+        # For the metrics: requests and responses re-sent on a timer (A, E, G), and
+        # requests received again for a transaction that exists.
+        self.retransmissions_sent = 0
+        self.retransmissions_received = 0
 
     @staticmethod
     def _server_key(req: Request, method: str, to_tag: str | None = None) -> str:
@@ -587,6 +592,7 @@ class TransactionLayer:
         key = self._server_key(req, method)
         existing = self.server.get(key)
         if existing is not None:
+            self.retransmissions_received += 1
             existing.handle(Input.REQUEST, now)
             return
         server: ServerTransaction

@@ -14,10 +14,12 @@ passed through, SDP untouched) and asks its `CallControl` only at decision point
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Protocol
 
+from twinline.metrics_histogram import DURATION_BUCKETS, SETUP_BUCKETS, Histogram
 from twinline.sip.errors import SipParseError
 from twinline.sip.ids import new_branch, new_call_id, new_tag
 from twinline.sip.message import (
@@ -90,6 +92,11 @@ class SwitchStats:
     calls_overload_rejected: int = 0
     calls_completed: int = 0
     routes_refused: int = 0  # a route command for a call not waiting for one
+    requests: Counter[str] = field(default_factory=Counter)  # received, by method
+    responses: Counter[int] = field(default_factory=Counter)  # received, by status code
+    # Observed once per call: INVITE to answer, and answer to end.
+    setup_time: Histogram = field(default_factory=lambda: Histogram(SETUP_BUCKETS))
+    duration: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
 
 
 class Ending(enum.Enum):
@@ -154,9 +161,11 @@ class SwitchCore:
             self._bad_input(e, source)
             return
         if isinstance(msg, Request):
+            self.stats.requests[msg.method] += 1
             _stamp_via(msg, source)
             self.layer.receive_request(msg, source, now)
         else:
+            self.stats.responses[msg.status] += 1
             self.layer.receive_response(msg, source, now)
 
     def _bad_input(self, error: SipParseError, source: Address) -> None:
@@ -538,6 +547,7 @@ class SwitchCore:
         call.answered_at = now
         call.a.confirmed = True
         self.stats.calls_answered += 1
+        self.stats.setup_time.observe(now - call.created)
         self._relay_to_caller(call, resp, contact=True)
         if self.control is not None:
             self.control.answered(call, now)
@@ -649,6 +659,7 @@ class SwitchCore:
             self.dialogs.pop((call.b.call_id, call.b.local_tag), None)
         if call.answered_at is not None:
             self.stats.calls_completed += 1
+            self.stats.duration.observe(now - call.answered_at)
         if self.control is not None:
             self.control.released(call, now)
         # Its transactions outlive the call by up to 64*T1, absorbing retransmissions;

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -22,6 +23,9 @@ from twinline.errors import StartupError
 from twinline.link.aio import AioLink, serve
 from twinline.link.endpoint import Closed, HelloReceived, LinkEndpoint, Received
 from twinline.link.messages import Command, CtlToSwitch, Finished, Leaving, Owned
+from twinline.metrics import LoopLag, make_registry
+from twinline.metrics_histogram import TAKEOVER_BUCKETS, Histogram
+from twinline.metrics_switch import switch_collector
 from twinline.ops.http import start_http
 from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.message import Limits
@@ -77,6 +81,11 @@ class SwitchServer:
         self._http: web.AppRunner | None = None
         self._stopping = False
         self._late_probes = 0
+        # For the metrics, read at scrape time (twinline.metrics_switch).
+        self.loop_lag = LoopLag()
+        self.takeover_time = Histogram(TAKEOVER_BUCKETS)
+        self.takeover_runs: Counter[str] = Counter()
+        self.metrics = make_registry(switch_collector(self))
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -135,7 +144,7 @@ class SwitchServer:
             self.core.control = PlanControl(routing, self.core)
         host, port = parse_hostport(sw.http)
         try:
-            self._http = await start_http(self, host, port)
+            self._http = await start_http(self, host, port, metrics=self.metrics)
         except OSError as e:
             raise StartupError(
                 f"cannot listen on switch.http {sw.http}: {e.strerror or e}"
@@ -215,6 +224,7 @@ class SwitchServer:
         assert self.loop is not None and self.core is not None
         now = self.loop.time()
         lag = now - scheduled - LAG_PROBE_INTERVAL
+        self.loop_lag.record(lag)
         self._late_probes = self._late_probes + 1 if lag > OVERLOAD_LAG else 0
         core = self.core
         if not core.overloaded and self._late_probes >= OVERLOAD_PROBES:
@@ -230,6 +240,9 @@ class SwitchServer:
         if not (run.calls or run.reprotected or run.unprotected or run.orphaned):
             return  # a server with nothing to move (e.g. stopping while idle)
         d = run.as_dict()
+        if run.finished is not None:
+            self.takeover_time.observe(run.finished - run.started)
+            self.takeover_runs["handover" if run.reason == "handover" else "failure"] += 1
         if run.finished is None:
             log.info(
                 "moving %d calls off %s (%s): %d re-protected, %d unprotected, %d orphaned",

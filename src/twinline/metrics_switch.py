@@ -1,0 +1,167 @@
+"""The switch's metrics: its SIP counters, its calls, the arbiter and the servers it sees.
+
+Read at scrape time from the switch's own objects (see `twinline.metrics`); the names
+are listed in docs/operations.md. No label is per call: servers and links are labelled
+by server name, SIP traffic by method and status code, calls by state and result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twinline.metrics import Families, Field, Fields, store_metrics
+from twinline.switch.call import CallState
+
+if TYPE_CHECKING:
+    from twinline.switch.server import SwitchServer
+
+CALLS_HELP = "Calls by how their setup ended: answered, rejected, cancelled, overload (503)"
+PARSE_HELP = "Malformed SIP input: answered with an error response, or dropped"
+COMMANDS_HELP = "Commands from application servers by outcome"
+
+SWITCH_FIELDS: Fields = {
+    "received": Field("twinline_sip_messages_received", "SIP messages received"),
+    "sent": Field("twinline_sip_messages_sent", "SIP messages sent"),
+    "bad_requests_answered": Field(
+        "twinline_sip_parse_errors", PARSE_HELP, labels={"outcome": "answered"}
+    ),
+    "malformed_dropped": Field(
+        "twinline_sip_parse_errors", PARSE_HELP, labels={"outcome": "dropped"}
+    ),
+    "calls_offered": Field("twinline_call_attempts", "INVITEs taken as new calls"),
+    "calls_answered": Field("twinline_calls", CALLS_HELP, labels={"result": "answered"}),
+    "calls_rejected": Field("twinline_calls", CALLS_HELP, labels={"result": "rejected"}),
+    "calls_cancelled": Field("twinline_calls", CALLS_HELP, labels={"result": "cancelled"}),
+    "calls_overload_rejected": Field("twinline_calls", CALLS_HELP, labels={"result": "overload"}),
+    "calls_completed": Field("twinline_calls_completed", "Answered calls that have ended"),
+    "routes_refused": Field(
+        "twinline_route_commands_refused", "Route commands for a call not waiting for one"
+    ),
+    "requests": Field(
+        "twinline_sip_requests_received", "SIP requests received, by method", key_label="method"
+    ),
+    "responses": Field(
+        "twinline_sip_responses_received", "SIP responses received, by code", key_label="code"
+    ),
+    "setup_time": Field("twinline_call_setup_seconds", "From a call's INVITE to its answer"),
+    "duration": Field("twinline_call_duration_seconds", "From a call's answer to its end"),
+}
+
+ARBITER_FIELDS: Fields = {
+    "commands_executed": Field("twinline_commands", COMMANDS_HELP, labels={"outcome": "executed"}),
+    "commands_refused_stale": Field(
+        "twinline_commands", COMMANDS_HELP, labels={"outcome": "stale_epoch"}
+    ),
+    "commands_duplicate": Field(
+        "twinline_commands", COMMANDS_HELP, labels={"outcome": "duplicate"}
+    ),
+    "commands_unknown_call": Field(
+        "twinline_commands", COMMANDS_HELP, labels={"outcome": "unknown_call"}
+    ),
+    "calls_unplaced": Field(
+        "twinline_calls_unplaced", "Calls refused 503 because no application server was up"
+    ),
+    "takeovers": Field("twinline_takeover_calls", "Calls taken over by their standby"),
+    "reprotections": Field("twinline_reprotections", "Calls given a new standby"),
+    "orphaned": Field("twinline_orphaned_calls", "Calls that lost primary and standby"),
+}
+
+
+def switch_collector(server: SwitchServer) -> Callable[[Families], None]:
+    def fill(families: Families) -> None:
+        core = server.core
+        if core is None:
+            return
+        families.stats(core.stats, SWITCH_FIELDS, prefix="twinline_switch")
+        layer = core.layer
+        families.counter(
+            "twinline_sip_retransmissions",
+            "SIP retransmissions: sent on a timer, or received for a known transaction",
+            layer.retransmissions_sent,
+            {"direction": "sent"},
+        )
+        families.counter(
+            "twinline_sip_retransmissions",
+            "",
+            layer.retransmissions_received,
+            {"direction": "received"},
+        )
+        by_state = Counter(call.state for call in core.calls.values())
+        for state in CallState:
+            if state is not CallState.ENDED:
+                families.gauge(
+                    "twinline_calls_live",
+                    "Calls held now, by state",
+                    by_state[state],
+                    {"state": state.value},
+                )
+        families.gauge(
+            "twinline_overloaded",
+            "1 while the switch refuses new calls because its event loop lags",
+            int(core.overloaded),
+        )
+        server.loop_lag.add_to(families)
+        families.histogram(
+            "twinline_takeover_seconds",
+            "From a failure (or handover) noticed to the last of its calls re-owned",
+            server.takeover_time,
+        )
+        for reason, n in sorted(server.takeover_runs.items()):
+            families.counter(
+                "twinline_takeovers",
+                "Takeover runs (one per server failure or handover) by reason",
+                n,
+                {"reason": reason},
+            )
+        arbiter = server.arbiter
+        if arbiter is not None:
+            families.stats(arbiter.stats, ARBITER_FIELDS, prefix="twinline_arbiter")
+            families.gauge(
+                "twinline_calls_unprotected",
+                "Live calls with no standby instance (alert when not zero)",
+                arbiter.unprotected(),
+            )
+            now = server.loop.time() if server.loop is not None else 0.0
+            for entry in arbiter.servers.values():
+                name = {"server": entry.name}
+                for server_state in ("up", "draining", "down"):
+                    families.gauge(
+                        "twinline_appserver_state",
+                        "1 for the state each application server is in (up, draining, down)",
+                        int(entry.state.value == server_state),
+                        {**name, "state": server_state},
+                    )
+                for role, held in (("primary", entry.primaries), ("standby", entry.standbys)):
+                    families.gauge(
+                        "twinline_appserver_calls",
+                        "Live calls each application server holds, by role",
+                        len(held),
+                        {**name, "role": role},
+                    )
+                families.gauge(
+                    "twinline_appserver_capacity",
+                    "Calls each server may be primary for",
+                    entry.capacity,
+                    name,
+                )
+                link = server.links.get(entry.name)
+                up = link is not None and link.endpoint.established
+                families.gauge(
+                    "twinline_link_up",
+                    "1 while the link to a peer is established",
+                    int(up),
+                    {"link": "ctl", "peer": entry.name},
+                )
+                if link is not None and up:
+                    families.gauge(
+                        "twinline_link_heartbeat_age_seconds",
+                        "Time since anything (a heartbeat at least) came on the link",
+                        max(0.0, now - link.endpoint.last_received),
+                        {"link": "ctl", "peer": entry.name},
+                    )
+        store = server.store
+        store_metrics(families, store.stats if store is not None else None)
+
+    return fill

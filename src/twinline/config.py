@@ -61,6 +61,9 @@ class SwitchConfig(_Section, frozen=True):
     retry_after: int = 5
     # A B-leg that rings this long without an answer is cancelled; the caller gets 480.
     no_answer_timeout: float = 60.0
+    # No answered call lasts longer (seconds): the switch sends BYE both ways, cause
+    # "max-duration". 0: no limit but what a service's route gives.
+    max_call_duration: float = 0.0
     limits: Limits = msgspec.field(default_factory=Limits)
     timers: Timers = msgspec.field(default_factory=Timers)
     # Where application servers connect their call tracking links ("HOST:PORT").
@@ -239,6 +242,8 @@ def _check(config: Config) -> None:
     ):
         if not fvalue > 0:
             fail(key, f"{fvalue} must be greater than 0")
+    if sw.max_call_duration < 0:
+        fail("switch.max_call_duration", f"{sw.max_call_duration} must not be negative (0: none)")
     if sw.timers.t2 < sw.timers.t1:
         fail("switch.timers.t2", f"{sw.timers.t2} must not be less than t1 ({sw.timers.t1})")
     seen: set[str] = set()

@@ -267,6 +267,7 @@ class Switch:
             max_calls=sw.max_calls,
             retry_after=sw.retry_after,
             no_answer_timeout=sw.no_answer_timeout,
+            max_call_duration=sw.max_call_duration,
         )
         self.core.control = PlanControl(RoutingPlan(self.config, self.location), self.core)
         self.clock = Clock(self.core.timers, self.core.fire_timers)

@@ -216,7 +216,9 @@ class FakeSwitch:
     def __init__(self) -> None:
         self.done: list[tuple[str, Any]] = []
 
-    def route(self, call: Any, targets: list[Target], now: float) -> None:
+    def route(
+        self, call: Any, targets: list[Target], now: float, *, max_duration: float = 0.0
+    ) -> None:
         self.done.append(("route", [t.label for t in targets]))
 
     def reject(self, call: Any, status: int, reason: str, now: float) -> None:
@@ -232,6 +234,10 @@ class FakeCall:
         self.dialled = "1000"
         self.caller = "alice"
         self.cause = "caller-bye"
+        self.target: Target | None = None
+        self.outcomes: tuple[tuple[str, int, str], ...] = ()
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
 
         class Req:
             uri = "sip:1000@switch"

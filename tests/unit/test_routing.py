@@ -10,7 +10,7 @@ from twinline.config import load_config_text
 from twinline.sip.errors import SipParseError
 from twinline.switch.registrar import Binding as StoredBinding
 from twinline.switch.registrar import LocationService
-from twinline.switch.routing import NoRoute, RoutingPlan, Target, address_of_uri
+from twinline.switch.routing import DestinationOptions, NoRoute, RoutingPlan, Target, address_of_uri
 
 CONFIG = """
 [[users]]
@@ -66,14 +66,16 @@ def plan(location: object | None = None, config: str = CONFIG) -> RoutingPlan:
 
 def test_route_strips_the_prefix() -> None:
     assert plan().resolve("95551234", 0.0) == [
-        Target("sip:5551234@pbx.example:5070", ("udp", "pbx.example", 5070), "route:9")
+        Target("sip:5551234@pbx.example:5070", ("udp", "pbx.example", 5070), "route:9", "95551234")
     ]
 
 
 def test_longest_prefix_wins_whatever_the_order_in_the_file() -> None:
     # "90" is longer than "9": it wins for 90..., and strips 2 then adds +44.
     assert plan().resolve("902079460000", 0.0) == [
-        Target("sip:+442079460000@10.0.0.2:5060", ("udp", "10.0.0.2", 5060), "route:90")
+        Target(
+            "sip:+442079460000@10.0.0.2:5060", ("udp", "10.0.0.2", 5060), "route:90", "902079460000"
+        )
     ]
 
 
@@ -83,6 +85,7 @@ def test_tcp_route_gets_the_transport_parameter_and_ipv6_brackets() -> None:
             "sip:9012@[2001:db8::1]:5080;transport=tcp",
             ("tcp", "2001:db8::1", 5080),
             "route:901",
+            "9012",
         )
     ]
 
@@ -95,7 +98,7 @@ def test_non_digit_prefix() -> None:
 def test_empty_prefix_is_a_default_route() -> None:
     config = '[[routes]]\nprefix = ""\ntarget = "trunk:5060"\n'
     (target,) = plan(config=config).resolve("12345", 0.0)
-    assert target == Target("sip:12345@trunk:5060", ("udp", "trunk", 5060), "route:")
+    assert target == Target("sip:12345@trunk:5060", ("udp", "trunk", 5060), "route:", "12345")
 
 
 def test_unknown_number_is_404() -> None:
@@ -119,9 +122,11 @@ def test_registered_user_contacts_in_the_order_given() -> None:
         }
     )
     assert plan(location).resolve("alice", 0.0) == [
-        Target("sip:alice@192.0.2.10:5070", ("udp", "192.0.2.10", 5070), "user:alice"),
-        Target("sip:alice@192.0.2.11;transport=tcp", ("tcp", "192.0.2.11", 5060), "user:alice"),
-        Target("sip:alice@192.0.2.12:5072", ("udp", "192.0.2.12", 5072), "user:alice"),
+        Target("sip:alice@192.0.2.10:5070", ("udp", "192.0.2.10", 5070), "user:alice", "alice"),
+        Target(
+            "sip:alice@192.0.2.11;transport=tcp", ("tcp", "192.0.2.11", 5060), "user:alice", "alice"
+        ),
+        Target("sip:alice@192.0.2.12:5072", ("udp", "192.0.2.12", 5072), "user:alice", "alice"),
     ]
 
 
@@ -146,7 +151,7 @@ def test_contacts_that_cannot_be_reached_are_skipped() -> None:
         }
     )
     assert plan(location).resolve("alice", 0.0) == [
-        Target("sip:alice@192.0.2.11", ("udp", "192.0.2.11", 5060), "user:alice")
+        Target("sip:alice@192.0.2.11", ("udp", "192.0.2.11", 5060), "user:alice", "alice")
     ]
 
 
@@ -200,3 +205,11 @@ def test_address_of_uri() -> None:
     with pytest.raises(SipParseError) as info:
         address_of_uri("sips:bob@192.0.2.1")
     assert (info.value.status, info.value.reason) == (416, "Unsupported transport tls")
+
+
+def test_targets_carry_the_options_of_their_destination() -> None:
+    options = DestinationOptions(ring_timeout=12.0, diversion="no-answer")
+    (target,) = plan().resolve("95551234", 0.0, options)
+    assert (target.destination, target.options) == ("95551234", options)
+    location = FakeLocation({"alice": [FakeBinding("sip:alice@192.0.2.10")] * 2})
+    assert [t.options for t in plan(location).resolve("alice", 0.0, options)] == [options] * 2

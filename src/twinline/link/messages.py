@@ -18,7 +18,7 @@ Nothing but these three is accepted before the handshake completes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -109,6 +109,14 @@ EventKind = Literal[
 ]
 
 
+class Outcome(msgspec.Struct, frozen=True, array_like=True):
+    """How one destination of a route ended: its final status and reason phrase."""
+
+    destination: str
+    status: int
+    reason: str
+
+
 class Event(_Msg, tag="event", frozen=True, kw_only=True):
     call: str
     seq: int  # per call, from 1; the standby buffers past its last checkpoint's seq
@@ -116,7 +124,14 @@ class Event(_Msg, tag="event", frozen=True, kw_only=True):
     at: float  # wall clock at the switch
     status: int = 0
     reason: str = ""
-    cause: str = ""  # for "released": caller-bye, callee-bye, cancelled, ...
+    cause: str = ""  # for "released": caller-bye, callee-bye, cancelled, max-duration, ...
+    # The destination (as the route named it) that rang, answered or failed last.
+    destination: str = ""
+    # For "route_failed": every destination of the route, in the route's order.
+    outcomes: list[Outcome] = []
+    # For "released": seconds from the answer to the release, on the switch's clock
+    # (0 for a call never answered).
+    duration: float = 0.0
 
 
 class Takeover(_Msg, tag="takeover", frozen=True, kw_only=True):
@@ -170,8 +185,57 @@ class Leaving(_Msg, tag="leaving", frozen=True, kw_only=True):
     reason: str
 
 
-class Route(msgspec.Struct, tag="route", frozen=True):
+DiversionReason = Literal[
+    # RFC 5806 section 2 (the Diversion reasons); each maps to an RFC 4458 cause
+    # for History-Info
+    "unknown",
+    "user-busy",
+    "no-answer",
+    "unavailable",
+    "unconditional",
+    "time-of-day",
+    "do-not-disturb",
+    "deflection",
+    "follow-me",
+    "out-of-service",
+    "away",
+]
+
+
+# What a route option may hold, checked when a command is decoded, so that no value
+# from a link can break the INVITE the switch builds from it (CR LF, quotes).
+UserPart = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.!~*'()&=+$,;?/%-]*$")]
+DisplayName = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Seconds = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class RouteOption(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How the switch calls one destination of a `Route` (each field's default: as
+    without options)."""
+
+    # Seconds the destination may ring before the switch moves on (480 No Answer);
+    # 0: `switch.no_answer_timeout`.
+    ring_timeout: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 0.0
+    # The caller identity presented to the destination, in From and
+    # P-Asserted-Identity: a user part (number) and a display name; "": the caller's.
+    caller_id: UserPart = ""
+    caller_name: DisplayName = ""
+    # A diversion (RFC 5806 reason): the INVITE carries Diversion (or History-Info,
+    # RFC 7044) naming `diverted_from` (default: the number dialled), and the caller
+    # hears 181 Call Is Being Forwarded once per call.
+    diversion: DiversionReason | None = None
+    diverted_from: UserPart = ""
+    history_info: bool = False
+
+
+class Route(msgspec.Struct, tag="route", frozen=True, omit_defaults=True):
     destinations: list[str]  # user names or numbers, resolved by the switch's plan, in turn
+    # options[i] applies to destinations[i]; missing entries mean no options. A list
+    # beside the names (not a new type for them) keeps old switches able to decode it.
+    options: list[RouteOption] = []
+    # The longest the call may last once answered, in seconds, enforced by the switch
+    # (BYE to both legs, cause "max-duration"); 0: `switch.max_call_duration`.
+    max_duration: Seconds = 0.0
 
 
 class Reject(msgspec.Struct, tag="reject", frozen=True):

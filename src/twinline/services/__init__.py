@@ -2,10 +2,11 @@
 
 from twinline.services.api import Service, ServiceCall
 from twinline.services.basic import BasicCall
+from twinline.services.destination import Destination
 
 # Services by name, as the routing plan (`[[plan]] service = ...`) names them.
 SERVICES: dict[str, type[Service]] = {  # type: ignore[type-arg]
     BasicCall.name: BasicCall,
 }
 
-__all__ = ["SERVICES", "Service", "ServiceCall"]
+__all__ = ["SERVICES", "Destination", "Service", "ServiceCall"]

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from twinline.link.messages import Action, CallInfo, Reject, Release, Route
+from twinline.link.messages import Action, CallInfo, Reject, Release
+from twinline.services.destination import Destination, DiversionReason, route_action
 from twinline.store.records import Statement
 
 if TYPE_CHECKING:
@@ -83,12 +84,32 @@ class ServiceCall(Generic[S]):
         self._store = store
 
     # --- call control ------------------------------------------------------------------
-    def route(self, *destinations: str) -> None:
+    def route(
+        self,
+        *destinations: str | Destination,
+        ring_timeout: float | None = None,
+        caller_id: str | None = None,
+        caller_name: str | None = None,
+        diversion: DiversionReason | None = None,
+        diverted_from: str | None = None,
+        history_info: bool | None = None,
+        max_duration: float | None = None,
+    ) -> None:
         """Connect the call to the first of `destinations` that answers: registered user
-        names or numbers, resolved by the switch's routing plan, tried in turn."""
-        if not destinations:
-            raise ValueError("route() needs at least one destination")
-        self.actions.append(Route(list(destinations)))
+        names or numbers, resolved by the switch's routing plan, tried in turn.
+
+        The options apply to every destination that does not set its own (a
+        `Destination`): `ring_timeout` seconds before moving on, the caller identity
+        shown (`caller_id`, `caller_name`), a `diversion` reason (Diversion, or
+        History-Info with `history_info`, and 181 to the caller). `max_duration`
+        caps the answered call, enforced by the switch (see twinline.services.destination).
+        """
+        route = route_action(
+            destinations, max_duration=max_duration, ring_timeout=ring_timeout,
+            caller_id=caller_id, caller_name=caller_name, diversion=diversion,
+            diverted_from=diverted_from, history_info=history_info,
+        )  # fmt: skip
+        self.actions.append(route)
 
     def reject(self, status: int, reason: str) -> None:
         """Refuse the call (before it is answered) with a SIP final response."""

@@ -32,18 +32,26 @@ from twinline.link.messages import (
     Finished,
     LiveInstance,
     Offered,
+    Outcome,
     Owned,
     Protect,
     Reject,
     Release,
     Route,
+    RouteOption,
     Takeover,
 )
 from twinline.sip.errors import SipParseError
 from twinline.sip.message import parse_name_addr
 from twinline.store.records import ActiveCall, Cdr, Role
 from twinline.switch.call import Call, CallState
-from twinline.switch.routing import NoRoute, RoutingPlan, Target
+from twinline.switch.routing import (
+    NO_OPTIONS,
+    DestinationOptions,
+    NoRoute,
+    RoutingPlan,
+    Target,
+)
 
 Send = Callable[[str, msgspec.Struct], None]
 
@@ -73,7 +81,9 @@ class Recorder(Protocol):
 class Switch(Protocol):
     """The commands the arbiter gives the switch's call core."""
 
-    def route(self, call: Call, targets: list[Target], now: float) -> None: ...
+    def route(
+        self, call: Call, targets: list[Target], now: float, *, max_duration: float = 0.0
+    ) -> None: ...
 
     def reject(self, call: Call, status: int, reason: str, now: float) -> None: ...
 
@@ -104,6 +114,9 @@ class Ownership:
     epoch: int = 1
     event_seq: int = 0
     executed: int = 0  # the highest command sequence number executed
+    # The last route's destinations, and those of them the plan could not resolve.
+    destinations: list[str] = field(default_factory=list)
+    unroutable: list[Outcome] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -157,6 +170,26 @@ def _uri_of(header: str) -> str:
         return parse_name_addr(header).uri
     except SipParseError:
         return ""
+
+
+def _destination(call: Call) -> str:
+    return call.target.destination if call.target is not None else ""
+
+
+_NO_ROUTE_OPTION = RouteOption()
+
+
+def _destination_options(option: RouteOption) -> DestinationOptions:
+    if option == _NO_ROUTE_OPTION:
+        return NO_OPTIONS
+    return DestinationOptions(
+        ring_timeout=option.ring_timeout,
+        caller_id=option.caller_id,
+        caller_name=option.caller_name,
+        diversion=option.diversion or "",
+        diverted_from=option.diverted_from,
+        history_info=option.history_info,
+    )
 
 
 class ServicePlan:
@@ -473,19 +506,37 @@ class Arbiter:
                 self.recorder.placement(call.id, own.standby, "standby", own.epoch, wall)
 
     def progress(self, call: Call, status: int, now: float) -> None:
-        self._event(call, "progress", status=status)
+        own = self.owned.get(call.id)
+        if own is not None:
+            self._send_event(own, "progress", status=status, destination=_destination(call))
 
     def answered(self, call: Call, now: float) -> None:
-        self._event(call, "answered", status=200)
+        own = self.owned.get(call.id)
+        if own is not None:
+            self._send_event(own, "answered", status=200, destination=_destination(call))
 
     def route_failed(self, call: Call, status: int, reason: str, now: float) -> None:
-        self._event(call, "route_failed", status=status, reason=reason)
+        own = self.owned.get(call.id)
+        if own is None:
+            return
+        # Per destination, in the route's order: how the switch's attempts ended (the
+        # last of its contacts, for a user), or why the plan could not resolve it.
+        ended = {o.destination: o for o in own.unroutable}
+        ended.update((d, Outcome(d, s, r)) for d, s, r in call.outcomes)
+        outcomes = [ended[d] for d in dict.fromkeys(own.destinations) if d in ended]
+        self._send_event(
+            own, "route_failed", status=status, reason=reason,
+            destination=_destination(call), outcomes=outcomes,
+        )  # fmt: skip
 
     def released(self, call: Call, now: float) -> None:
         own = self.owned.pop(call.id, None)
         if own is None:
             return
-        self._send_event(own, "released", cause=call.cause)
+        duration = 0.0
+        if call.answered_at is not None and call.ended_at is not None:
+            duration = round(call.ended_at - call.answered_at, 3)
+        self._send_event(own, "released", cause=call.cause, duration=duration)
         self._unassign(own)
         if own.primary is not None:
             self.finishing[call.id] = own
@@ -515,13 +566,17 @@ class Arbiter:
             epoch=own.epoch,
         )  # fmt: skip
 
-    def _event(self, call: Call, kind: EventKind, *, status: int = 0, reason: str = "") -> None:
-        own = self.owned.get(call.id)
-        if own is not None:
-            self._send_event(own, kind, status=status, reason=reason)
-
     def _send_event(
-        self, own: Ownership, kind: EventKind, *, status: int = 0, reason: str = "", cause: str = ""
+        self,
+        own: Ownership,
+        kind: EventKind,
+        *,
+        status: int = 0,
+        reason: str = "",
+        cause: str = "",
+        destination: str = "",
+        outcomes: list[Outcome] | None = None,
+        duration: float = 0.0,
     ) -> None:
         own.event_seq += 1
         event = Event(
@@ -532,6 +587,9 @@ class Arbiter:
             status=status,
             reason=reason,
             cause=cause,
+            destination=destination,
+            outcomes=outcomes or [],
+            duration=duration,
         )
         if own.primary is not None:
             self.send(own.primary, event)
@@ -555,25 +613,31 @@ class Arbiter:
         action = cmd.action
         call = own.call
         if isinstance(action, Route):
-            self._route(own, action.destinations, now)
+            self._route(own, action, now)
         elif isinstance(action, Reject):
             self.switch.reject(call, action.status, action.reason, now)
         elif isinstance(action, Release):
             self.switch.release(call, now)
 
-    def _route(self, own: Ownership, destinations: list[str], now: float) -> None:
+    def _route(self, own: Ownership, route: Route, now: float) -> None:
         targets: list[Target] = []
-        failure: NoRoute | None = None
-        for destination in destinations:
+        unroutable: list[Outcome] = []
+        options = route.options
+        for i, destination in enumerate(route.destinations):
+            how = _destination_options(options[i]) if i < len(options) else NO_OPTIONS
             try:
-                targets.extend(self.routing.resolve(destination, now))
+                targets.extend(self.routing.resolve(destination, now, how))
             except NoRoute as e:
-                failure = failure or e
+                unroutable.append(Outcome(destination, e.status, e.reason))
+        own.destinations, own.unroutable = route.destinations, unroutable
         if targets:
-            self.switch.route(own.call, targets, now)
-        else:
-            failure = failure or NoRoute(404, "Not Found")
-            self._send_event(own, "route_failed", status=failure.status, reason=failure.reason)
+            self.switch.route(own.call, targets, now, max_duration=route.max_duration)
+            return
+        first = unroutable[0] if unroutable else Outcome("", 404, "Not Found")
+        self._send_event(
+            own, "route_failed", status=first.status, reason=first.reason,
+            destination=first.destination, outcomes=unroutable,
+        )  # fmt: skip
 
     # --- what operators see --------------------------------------------------------------------
     def unprotected(self) -> int:

@@ -24,6 +24,7 @@ from twinline.sip.errors import SipParseError
 from twinline.sip.ids import new_branch, new_call_id, new_tag
 from twinline.sip.message import (
     Limits,
+    NameAddr,
     Request,
     Response,
     parse_message,
@@ -46,7 +47,7 @@ from twinline.sip.transaction import (
 )
 from twinline.switch.call import Attempt, Call, CallState, Leg, Relay, Side
 from twinline.switch.control import CallControl
-from twinline.switch.routing import Target, address_of_uri, format_host
+from twinline.switch.routing import DestinationOptions, Target, address_of_uri, format_host
 from twinline.timers import TimerHeap
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REGISTER, NOTIFY, REFER"
@@ -71,6 +72,13 @@ PASSED_ON_RESPONSE = frozenset(
     ]
 )  # fmt: skip
 PASSED_IN_DIALOG = PASSED_ON_INVITE | frozenset(["Event", "Subscription-State", "Refer-To"])
+# A new call's INVITE also carries the history of its diversions so far.
+PASSED_ON_NEW_INVITE = PASSED_ON_INVITE | frozenset(["Diversion", "History-Info"])
+# RFC 4458 causes for the Diversion reasons, as History-Info's "cause" carries them.
+HISTORY_CAUSES = {
+    "user-busy": 486, "no-answer": 408, "unconditional": 302, "deflection": 487,
+    "unavailable": 503, "out-of-service": 503, "unknown": 404,
+}  # fmt: skip
 
 
 class Registrar(Protocol):
@@ -92,6 +100,7 @@ class SwitchStats:
     calls_overload_rejected: int = 0
     calls_completed: int = 0
     routes_refused: int = 0  # a route command for a call not waiting for one
+    calls_cut_at_max_duration: int = 0  # released by the switch at their maximum duration
     requests: Counter[str] = field(default_factory=Counter)  # received, by method
     responses: Counter[int] = field(default_factory=Counter)  # received, by status code
     # Observed once per call: INVITE to answer, and answer to end.
@@ -121,6 +130,7 @@ class SwitchCore:
         max_calls: int = 20000,
         retry_after: int = 5,
         no_answer_timeout: float = 60.0,
+        max_call_duration: float = 0.0,
         registrar: Registrar | None = None,
         call_id_prefix: str = "c",
     ) -> None:
@@ -134,6 +144,7 @@ class SwitchCore:
         self.max_calls = max_calls
         self.retry_after = retry_after
         self.no_answer_timeout = no_answer_timeout
+        self.max_call_duration = max_call_duration  # 0: calls may last as long as they do
         self.registrar = registrar
         self.control: CallControl | None = None
         self.calls: dict[str, Call] = {}
@@ -294,12 +305,15 @@ class SwitchCore:
                 self._end(call, now)
 
     # --- commands from the call's controller ---------------------------------------------
-    def route(self, call: Call, targets: list[Target], now: float) -> None:
+    def route(
+        self, call: Call, targets: list[Target], now: float, *, max_duration: float = 0.0
+    ) -> None:
         """Try `targets` in turn until one answers; if all fail, the controller decides.
 
         While a callee is being tried, a new route cancels that attempt first (a
         service moving on, e.g. forwarding on no answer). An answered or ending call
-        cannot be routed."""
+        cannot be routed. Once answered, the call lasts at most `max_duration`
+        seconds, or `max_call_duration` if that is shorter (0: no limit of its own)."""
         if call.state in (CallState.CALLING, CallState.RINGING):
             self._abandon_attempt(call, now)
         elif call.state is not CallState.ROUTING:
@@ -307,6 +321,9 @@ class SwitchCore:
             return
         call.state = CallState.ROUTING
         call.targets = tuple(targets)
+        call.outcomes = ()
+        limits = [d for d in (max_duration, self.max_call_duration) if d > 0]
+        call.max_duration = min(limits) if limits else 0.0
         self._try_next_target(call, now)
 
     def reject(self, call: Call, status: int, reason: str, now: float) -> None:
@@ -436,11 +453,16 @@ class SwitchCore:
         if not call.targets:
             return
         target, call.targets = call.targets[0], call.targets[1:]
+        call.target = target
+        options = target.options
         a_req = call.setup.request
         transport = target.address[0]
         b_call_id = new_call_id(format_host(self.local.get(transport, ("twinline", 0))[0]))
         from_tag = new_tag()
         caller = parse_name_addr(a_req.get("From") or "")
+        presented = _presented(caller, options) if options.caller_id or options.caller_name else ""
+        if presented:
+            caller = parse_name_addr(presented)
         caller.params = {"tag": from_tag}
         local_party = str(caller)
         remote_party = f"<{target.uri}>"
@@ -470,7 +492,17 @@ class SwitchCore:
             ("CSeq", "1 INVITE"),
             ("Contact", self._contact(transport)),
         ]
-        headers.extend((n, v) for n, v in a_req.headers if n in PASSED_ON_INVITE)
+        passed = PASSED_ON_NEW_INVITE
+        if options.diversion:
+            # Ours on top; earlier diversions follow, so their counters add up (RFC
+            # 5806 2). A History-Info of ours starts the history afresh.
+            headers.extend(_diversion(a_req.uri, target.uri, options))
+            if options.history_info:
+                passed = passed - {"History-Info"}
+        if presented:
+            headers.append(("P-Asserted-Identity", presented))
+            passed = passed - {"P-Asserted-Identity", "P-Preferred-Identity"}
+        headers.extend((n, v) for n, v in a_req.headers if n in passed)
         invite = Request("INVITE", target.uri, headers, a_req.body)
         invite.call_id = b_call_id
         invite.cseq = 1
@@ -482,8 +514,16 @@ class SwitchCore:
         if call.no_answer is not None:
             call.no_answer.cancel()
         call.no_answer = self.timers.schedule(
-            now + self.no_answer_timeout, lambda t: self._no_answer(call, t)
+            now + (options.ring_timeout or self.no_answer_timeout),
+            lambda t: self._no_answer(call, t),
         )
+        if options.diversion and not call.forwarded:
+            call.forwarded = True
+            forwarded = response_to(
+                a_req, 181, "Call Is Being Forwarded", to_tag=call.a.local_tag,
+                headers=[("Contact", self._contact(call.a.address[0]))],
+            )  # fmt: skip
+            call.setup.respond(forwarded, now)
 
     # --- the callee's answers ---------------------------------------------------------------
     def _callee_responded(self, call: Call, resp: Response, now: float) -> None:
@@ -548,6 +588,10 @@ class SwitchCore:
         call.a.confirmed = True
         self.stats.calls_answered += 1
         self.stats.setup_time.observe(now - call.created)
+        if call.max_duration > 0:
+            call.deadline = self.timers.schedule(
+                now + call.max_duration, lambda t: self._max_duration_reached(call, t)
+            )
         self._relay_to_caller(call, resp, contact=True)
         if self.control is not None:
             self.control.answered(call, now)
@@ -585,12 +629,20 @@ class SwitchCore:
         call.b_invite = None
         call.state = CallState.ROUTING
         call.cause = ""
+        if call.target is not None:
+            call.outcomes += ((call.target.destination, status, reason),)
         if status >= 600:
             call.targets = ()  # a global failure: no other contact is tried (RFC 3261 21.6)
         if call.targets:
             self._try_next_target(call, now)
         elif self.control is not None:
             self.control.route_failed(call, status, reason, now)
+
+    def _max_duration_reached(self, call: Call, now: float) -> None:
+        call.deadline = None
+        if call.state is CallState.ANSWERED:
+            self.stats.calls_cut_at_max_duration += 1
+            self._release(call, Ending.SWITCH, now, cause="max-duration")
 
     def _no_answer(self, call: Call, now: float) -> None:
         call.no_answer = None
@@ -651,6 +703,9 @@ class SwitchCore:
         # A callee still being tried is cancelled, whoever ended the call (a CANCEL,
         # a reject from the controller while it rings, ...).
         self._abandon_attempt(call, now)
+        if call.deadline is not None:
+            call.deadline.cancel()
+            call.deadline = None
         call.state = CallState.ENDED
         call.ended_at = now
         self.calls.pop(call.id, None)
@@ -794,6 +849,48 @@ class SwitchCore:
     @property
     def active_calls(self) -> int:
         return len(self.calls)
+
+
+def _presented(caller: NameAddr, options: DestinationOptions) -> str:
+    """The caller identity shown to a destination, as a name-addr for From and
+    P-Asserted-Identity (RFC 3325): the caller's URI with the user part the service
+    chose, and the display name it chose (none if it changed only the number)."""
+    try:
+        uri = parse_uri(caller.uri)
+    except SipParseError:
+        return ""
+    display = caller.display
+    if options.caller_id:
+        uri.user, uri.password, display = options.caller_id, None, ""
+    if options.caller_name:
+        escaped = options.caller_name.replace("\\", "\\\\").replace('"', '\\"')
+        display = f'"{escaped}"'
+    return str(NameAddr(display, str(uri)))
+
+
+def _diversion(dialled: str, target: str, options: DestinationOptions) -> list[tuple[str, str]]:
+    """The header entries that say the call was diverted from `dialled` (the caller's
+    Request-URI, with the diverting party's user part) to `target`: one Diversion
+    (RFC 5806), or the two History-Info entries of a retargeting (RFC 7044 with the
+    RFC 4458 cause)."""
+    diverted = parse_uri(dialled)  # parsed when the call arrived: it is valid
+    if options.diverted_from:
+        diverted.user = options.diverted_from
+    diverted.params, diverted.headers, diverted.password = {}, "", None
+    if not options.history_info:
+        return [("Diversion", f"<{diverted}>;reason={options.diversion};counter=1")]
+    cause = HISTORY_CAUSES.get(options.diversion, 302)
+    diverted.headers = f"Reason=SIP%3Bcause%3D{cause}"
+    try:
+        retargeted = parse_uri(target)
+        retargeted.params["cause"] = str(cause)
+        target = str(retargeted)
+    except SipParseError:
+        pass
+    return [
+        ("History-Info", f"<{diverted}>;index=1"),
+        ("History-Info", f"<{target}>;index=1.1;mp=1"),
+    ]
 
 
 def _stamp_via(req: Request, source: Address) -> None:

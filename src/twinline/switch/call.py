@@ -6,7 +6,7 @@ Call states::
 
     [routing] --route--> [calling] --18x--> [ringing] --2xx--> [answered]
        ^  |                  |                  |                    |
-       |  |   failure, no answer: the attempt is abandoned,          | BYE
+       |  |   failure, no answer: the attempt is abandoned,          | BYE, max duration
        +--|------------------+------------------+ the controller     v
           |                  |                  | decides again  [releasing]
           +--reject, CANCEL--+------------------+----------------+--> [ended]
@@ -137,6 +137,12 @@ class Call:
     b: Leg | None = None
     b_invite: ClientInviteTransaction | None = None
     targets: tuple[Target, ...] = ()  # still to try, in order
+    target: Target | None = None  # the one being tried, or that answered
+    # How each destination of the last route ended: (destination, status, reason).
+    outcomes: tuple[tuple[str, int, str], ...] = ()
+    forwarded: bool = False  # the caller heard 181 Call Is Being Forwarded
+    max_duration: float = 0.0  # seconds the call may last once answered; 0: no limit
+    deadline: Timer | None = None  # the max-duration timer, armed at the answer
     late_offer: bool = False  # the caller's INVITE had no SDP: B's ACK carries A's answer
     no_answer: Timer | None = None
     releasing: list[ClientTransaction] = field(default_factory=list)  # our BYEs

@@ -20,10 +20,27 @@ from twinline.sip.transaction import Address
 
 
 @dataclass(frozen=True, slots=True)
+class DestinationOptions:
+    """How the switch calls a destination (a service's route options)."""
+
+    ring_timeout: float = 0.0  # seconds before it moves on; 0: the switch's no-answer timeout
+    caller_id: str = ""  # the user part presented in From and P-Asserted-Identity
+    caller_name: str = ""  # the display name presented with it
+    diversion: str = ""  # an RFC 5806 reason: the call is being forwarded
+    diverted_from: str = ""  # the diverting party's user part; "": the number dialled
+    history_info: bool = False  # History-Info (RFC 7044) rather than Diversion
+
+
+NO_OPTIONS = DestinationOptions()
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     uri: str  # the B-leg's Request-URI
     address: Address  # where the B-leg INVITE is sent
     label: str  # what it is, for logs and CDRs: "user:alice", "route:1"
+    destination: str = ""  # the user name or number it was resolved from
+    options: DestinationOptions = NO_OPTIONS
 
 
 class Binding(Protocol):
@@ -78,7 +95,9 @@ class RoutingPlan:
             id(r): parse_hostport(r.target, default_port=5060) for r in self.routes
         }
 
-    def resolve(self, dialled: str, now: float) -> list[Target]:
+    def resolve(
+        self, dialled: str, now: float, options: DestinationOptions = NO_OPTIONS
+    ) -> list[Target]:
         """Targets for a dialled user or number, best first. Raises NoRoute."""
         if dialled in self.users:
             targets = []
@@ -91,7 +110,9 @@ class RoutingPlan:
                     # A phone on TCP is reached over the connection it registered on
                     # (RFC 5626's flow): its Contact port is often not listening.
                     address = binding.source
-                targets.append(Target(binding.contact, address, f"user:{dialled}"))
+                targets.append(
+                    Target(binding.contact, address, f"user:{dialled}", dialled, options)
+                )
             if not targets:
                 raise NoRoute(480, "Temporarily Unavailable")
             return targets
@@ -101,5 +122,6 @@ class RoutingPlan:
                 number = route.add + dialled[route.strip :]
                 params = ";transport=tcp" if route.transport == "tcp" else ""
                 uri = f"sip:{number}@{format_host(host)}:{port}{params}"
-                return [Target(uri, (route.transport, host, port), f"route:{route.prefix}")]
+                address = (route.transport, host, port)
+                return [Target(uri, address, f"route:{route.prefix}", dialled, options)]
         raise NoRoute(404, "Not Found")

@@ -114,6 +114,7 @@ class SwitchServer:
             max_calls=sw.max_calls,
             retry_after=sw.retry_after,
             no_answer_timeout=sw.no_answer_timeout,
+            max_call_duration=sw.max_call_duration,
             registrar=registrar,
             # Time-ordered and unique per start: c<start time in ms, base 36>-<n>.
             call_id_prefix=f"c{_base36(time.time_ns() // 1_000_000)}-",

@@ -1,0 +1,111 @@
+"""`ServiceCall.route`'s options: checked where the service gives them, carried on the
+link in a form the switches of before still decode."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from twinline.link.messages import CallInfo, Command, Event, Route, RouteOption
+from twinline.services import Destination
+from twinline.services.api import ServiceCall
+from twinline.services.destination import route_action
+
+
+def service_call() -> ServiceCall[msgspec.Struct]:
+    return ServiceCall(
+        "c1", CallInfo(caller="alice", callee="100"), msgspec.Struct(), now=0.0,
+        event_seq=0, step=1, timers={}, writes_done=set(), store=None,
+    )  # fmt: skip
+
+
+def test_a_plain_route_is_what_it_always_was() -> None:
+    call = service_call()
+    call.route("alice", "bob")
+    assert call.actions == [Route(["alice", "bob"])]
+    # Defaults are left off the wire: the same bytes as before route options.
+    assert msgspec.msgpack.encode(call.actions[0]) == msgspec.msgpack.encode(
+        {"type": "route", "destinations": ["alice", "bob"]}
+    )
+
+
+def test_keywords_apply_to_every_destination_that_sets_no_option_of_its_own() -> None:
+    call = service_call()
+    call.route(
+        "alice",
+        Destination("bob", ring_timeout=30, diversion="no-answer"),
+        ring_timeout=15,
+        caller_id="5550100",
+        max_duration=120,
+    )
+    assert call.actions == [
+        Route(
+            ["alice", "bob"],
+            [
+                RouteOption(ring_timeout=15.0, caller_id="5550100"),
+                RouteOption(ring_timeout=30.0, caller_id="5550100", diversion="no-answer"),
+            ],
+            120.0,
+        )
+    ]
+
+
+def test_trailing_destinations_without_options_take_no_room() -> None:
+    assert route_action([Destination("a", ring_timeout=5), "b"]) == Route(
+        ["a", "b"], [RouteOption(ring_timeout=5.0)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("destinations", "options", "message"),
+    [
+        ((), {}, "route() needs at least one destination"),
+        (("",), {}, "route(): '' is not a destination"),
+        (("a",), {"ring_timeout": 0}, "route(): ring_timeout must be greater than 0, not 0"),
+        (("a",), {"max_duration": -1}, "route(): max_duration must be greater than 0, not -1"),
+        (
+            ("a",),
+            {"diversion": "busy"},
+            "route(): diversion: 'busy' is not a reason (one of unknown, user-busy,",
+        ),
+        (("a",), {"caller_id": "12 34"}, "route(): caller_id: Expected `str` matching regex"),
+        (("a",), {"caller_name": "x\r\nVia: evil"}, "route(): caller_name: Expected `str`"),
+        ((Destination("a", ring_timeout=-2),), {}, "route(): ring_timeout must be greater than"),
+    ],
+)
+def test_bad_options_raise_naming_the_option(
+    destinations: tuple[str | Destination, ...], options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        service_call().route(*destinations, **options)  # type: ignore[arg-type]
+    assert str(info.value).startswith(message), str(info.value)
+
+
+class OldRoute(msgspec.Struct, tag="route", frozen=True):
+    destinations: list[str]
+
+
+class OldEvent(msgspec.Struct, tag="event", frozen=True, kw_only=True):
+    call: str
+    seq: int
+    kind: str
+    at: float
+    status: int = 0
+    reason: str = ""
+    cause: str = ""
+
+
+def test_the_new_fields_decode_both_ways_with_the_messages_of_before() -> None:
+    new = Route(["a", "b"], [RouteOption(ring_timeout=5.0)], 60.0)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(new), type=OldRoute) == OldRoute(
+        ["a", "b"]
+    )
+    old = msgspec.msgpack.encode(Command(call="c1", epoch=1, seq=1, action=OldRoute(["a"])))  # type: ignore[arg-type]
+    assert msgspec.msgpack.decode(old, type=Command).action == Route(["a"])
+    event = Event(call="c1", seq=1, kind="released", at=1.0, cause="max-duration", duration=9.5)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(event), type=OldEvent).cause == (
+        "max-duration"
+    )
+    before = OldEvent(call="c1", seq=1, kind="answered", at=1.0, status=200)
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(before), type=Event)
+    assert (decoded.destination, decoded.outcomes, decoded.duration) == ("", [], 0.0)

@@ -39,6 +39,9 @@ SWITCH_FIELDS: Fields = {
     "routes_refused": Field(
         "twinline_route_commands_refused", "Route commands for a call not waiting for one"
     ),
+    "calls_cut_at_max_duration": Field(
+        "twinline_calls_max_duration", "Answered calls the switch hung up at their maximum duration"
+    ),
     "requests": Field(
         "twinline_sip_requests_received", "SIP requests received, by method", key_label="method"
     ),

@@ -294,6 +294,7 @@ class SwitchServer:
                 "cancelled": s.calls_cancelled,
                 "overload_rejected": s.calls_overload_rejected,
                 "routes_refused": s.routes_refused,
+                "cut_at_max_duration": s.calls_cut_at_max_duration,
             },
             "sip": {
                 "received": s.received,

@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-Transport = Literal["udp", "tcp"]
+Transport = Literal["udp", "tcp", "tls"]
 
 
 class ConfigError(Exception):
@@ -48,8 +48,22 @@ class Timers(_Section, frozen=True):
     t4: float = 5.0
 
 
+class SipTls(_Section, frozen=True):
+    """SIP over TLS: the switch's certificate for `tls:` listeners and for the TLS
+    connections it opens (to `transport = "tls"` routes), PEM files."""
+
+    certificate: str  # the switch's certificate, with its chain after it
+    key: str  # its private key (unencrypted PEM)
+    # CA certificates (PEM) that verify the peers the switch connects to; without it,
+    # the system's trust store. With `verify_clients`, callers must show a
+    # certificate this CA signed (phones rarely have one: off by default).
+    ca: str | None = None
+    verify_clients: bool = False
+
+
 class SwitchConfig(_Section, frozen=True):
-    # Where the switch takes SIP: "udp:HOST:PORT" or "tcp:HOST:PORT"; IPv6 as "udp:[::1]:5060".
+    # Where the switch takes SIP: "udp:HOST:PORT", "tcp:HOST:PORT" or "tls:HOST:PORT"
+    # (needs [switch.tls]); IPv6 as "udp:[::1]:5060".
     listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060"])
     # The host name or address the switch puts in Via, Contact and Record-Route;
     # by default the address of the listener that carries the message.
@@ -70,6 +84,7 @@ class SwitchConfig(_Section, frozen=True):
     link: str = "127.0.0.1:5062"
     # The status API (`twinline status`): "HOST:PORT".
     http: str = "127.0.0.1:8062"
+    tls: SipTls | None = None
 
 
 class User(_Section, frozen=True):
@@ -93,6 +108,16 @@ class Route(_Section, frozen=True):
 LAPTOP_SECRET = "twinline-laptop-secret"  # noqa: S105
 
 
+class LinkTls(_Section, frozen=True):
+    """TLS on the call tracking and peer links, mutual: every member shows its
+    certificate and checks the other's against `ca` (and its host name or address
+    against the address it dialled). PEM files."""
+
+    certificate: str
+    key: str
+    ca: str
+
+
 class Cluster(_Section, frozen=True):
     # Proven by every call tracking and peer link before anything else crosses it.
     # The default suits a laptop on loopback only; set your own for anything else.
@@ -101,6 +126,8 @@ class Cluster(_Section, frozen=True):
     dead_after: int = 3  # missed heartbeats before a link's peer is declared dead
     # With redundancy off, calls get no standby: checkpoints go to the database only.
     redundancy: bool = True
+    # TLS on every call tracking and peer link (the secret is still proven inside).
+    tls: LinkTls | None = None
 
 
 class AppServer(_Section, frozen=True):
@@ -201,8 +228,8 @@ def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, 
 def parse_listen(text: str) -> tuple[Transport, str, int]:
     """Split "udp:HOST:PORT" into its parts. Raises ValueError."""
     transport, sep, rest = text.partition(":")
-    if not sep or transport not in ("udp", "tcp"):
-        raise ValueError(f"{text!r} must start with 'udp:' or 'tcp:'")
+    if not sep or transport not in ("udp", "tcp", "tls"):
+        raise ValueError(f"{text!r} must start with 'udp:', 'tcp:' or 'tls:'")
     host, port = parse_hostport(rest)
     return transport, host, port  # type: ignore[return-value]
 
@@ -216,9 +243,11 @@ def _check(config: Config) -> None:
         fail("switch.listen", "needs at least one address, as 'udp:127.0.0.1:5060'")
     for i, text in enumerate(sw.listen):
         try:
-            _, host, _ = parse_listen(text)
+            transport, host, _ = parse_listen(text)
         except ValueError as e:
             fail(f"switch.listen[{i}]", str(e))
+        if transport == "tls" and sw.tls is None:
+            fail(f"switch.listen[{i}]", f"{text!r} needs [switch.tls] (certificate and key)")
         if host in ("0.0.0.0", "::") and not sw.advertise:  # noqa: S104 - detecting it
             fail(
                 "switch.advertise",
@@ -264,6 +293,8 @@ def _check(config: Config) -> None:
             fail(f"routes[{i}].target", str(e))
         if route.strip < 0:
             fail(f"routes[{i}].strip", "must not be negative")
+    if sw.tls is not None and sw.tls.verify_clients and sw.tls.ca is None:
+        fail("switch.tls.verify_clients", "needs switch.tls.ca, the CA to verify callers with")
     for key, text in (("switch.link", sw.link), ("switch.http", sw.http)):
         try:
             parse_hostport(text)

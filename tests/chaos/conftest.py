@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from integration.certs import Certs
 from integration.sipp import Sipp, sipp_binary
 from integration.switchproc import free_port
 
@@ -43,6 +44,7 @@ class Chaos:
         transport: str = "udp",
         ctl: dict[str, str] | None = None,
         link_port: int | None = None,
+        link_tls: Certs | None = None,
     ) -> ChaosCluster:
         cluster = ChaosCluster(
             directory=self.directory / f"cluster{len(self.clusters) + 1}",
@@ -53,6 +55,7 @@ class Chaos:
             http_port=free_port(),
             transport=transport,
             ctl=dict(ctl or {}),
+            link_tls=link_tls,
         )
         self.clusters.append(cluster)
         cluster.start()

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from integration.certs import Certs
 from integration.cluster import Cluster
 from integration.sipp import Sipp, SippRun, SippStats, StatsError
 from integration.switchproc import free_port
@@ -134,6 +135,7 @@ class ChaosCluster(Cluster):
     restarted: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     frozen: set[int] = field(default_factory=set)
     pids: dict[int, str] = field(default_factory=dict)  # every process of ours seen: pid -> who
+    link_tls: Certs | None = None  # TLS on the call tracking and peer links, with these
 
     @property
     def link_address(self) -> tuple[str, int]:
@@ -168,7 +170,7 @@ http = "127.0.0.1:{self.http_port}"
 [cluster]
 heartbeat_interval = 0.1
 dead_after = 3
-
+{self._link_tls()}
 [database]
 url = "sqlite:///{self.db_path}"
 
@@ -177,6 +179,15 @@ prefix = ""
 target = "127.0.0.1:{self.callee_port}"
 transport = "{self.transport}"
 """
+        )
+
+    def _link_tls(self) -> str:
+        if self.link_tls is None:
+            return ""
+        c = self.link_tls
+        return (
+            f'\n[cluster.tls]\ncertificate = "{c.server_cert}"\nkey = "{c.server_key}"\n'
+            f'ca = "{c.ca}"\n'
         )
 
     def start(self, timeout: float = 30.0) -> None:

@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from integration.certs import Certs, make_certs
 
 from .conftest import Chaos
 from .harness import (
@@ -72,8 +75,10 @@ def commands_per_call(cluster: ChaosCluster, calls: int, context: str) -> dict[s
     return commands
 
 
-def load_with_fault(chaos: Chaos, transport: str, fault: str) -> None:
-    cluster = chaos.cluster(servers=2, transport=transport)
+def load_with_fault(
+    chaos: Chaos, transport: str, fault: str, link_tls: Certs | None = None
+) -> None:
+    cluster = chaos.cluster(servers=2, transport=transport, link_tls=link_tls)
     callee = start_callee(chaos.sipp, cluster, longest_wait_ms=HOLD_MS + 40_000)
     established = start_caller(
         chaos.sipp, cluster, "established", calls=ESTABLISHED, rate=RAMP_RATE, limit=1200,
@@ -183,6 +188,16 @@ def test_kill_one_of_two_servers_with_1000_calls_up_and_50_new_per_second(
     chaos: Chaos, transport: str
 ) -> None:
     load_with_fault(chaos, transport, "SIGKILL")
+
+
+@pytest.mark.timeout(150)
+def test_kill_one_of_two_servers_with_the_links_over_tls(chaos: Chaos, tmp_path: Path) -> None:
+    """The same load and kill -9, with every call tracking and peer link on mutual TLS."""
+    certs = make_certs(tmp_path / "certs")
+    load_with_fault(chaos, "udp", "SIGKILL", link_tls=certs)
+    cluster = chaos.clusters[0]
+    assert "call tracking links on" in cluster.full_log()
+    assert "(TLS)" in cluster.full_log(), tail(cluster.full_log())
 
 
 # --------------------------------------------------------------------------- 2. SIGSTOP

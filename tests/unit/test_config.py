@@ -164,7 +164,7 @@ def test_wrong_type_is_named(text: str, message: str) -> None:
         ),
         (
             "['sctp:127.0.0.1:5060']",
-            "switch.listen[0]: 'sctp:127.0.0.1:5060' must start with 'udp:' or 'tcp:'",
+            "switch.listen[0]: 'sctp:127.0.0.1:5060' must start with 'udp:', 'tcp:' or 'tls:'",
         ),
         (
             "['tcp:127.0.0.1:70000']",

@@ -144,7 +144,7 @@ def test_contacts_that_cannot_be_reached_are_skipped() -> None:
     location = FakeLocation(
         {
             "alice": [
-                FakeBinding("sip:alice@192.0.2.10;transport=tls"),  # no TLS transport
+                FakeBinding("sip:alice@192.0.2.10;transport=sctp"),  # no SCTP transport
                 FakeBinding("mailto:alice@example.com"),
                 FakeBinding("sip:alice@192.0.2.11"),
             ]
@@ -202,9 +202,12 @@ def test_address_of_uri() -> None:
     assert address_of_uri("sip:bob@192.0.2.1") == ("udp", "192.0.2.1", 5060)
     assert address_of_uri("sip:bob@192.0.2.1:5070;transport=TCP") == ("tcp", "192.0.2.1", 5070)
     assert address_of_uri("sip:[2001:db8::2]:5071") == ("udp", "2001:db8::2", 5071)
+    # TLS: a SIPS URI, or transport=tls, on 5061 unless a port is given.
+    assert address_of_uri("sips:bob@192.0.2.1") == ("tls", "192.0.2.1", 5061)
+    assert address_of_uri("sip:bob@example.net:5071;transport=tls") == ("tls", "example.net", 5071)
     with pytest.raises(SipParseError) as info:
-        address_of_uri("sips:bob@192.0.2.1")
-    assert (info.value.status, info.value.reason) == (416, "Unsupported transport tls")
+        address_of_uri("sip:bob@192.0.2.1;transport=sctp")
+    assert (info.value.status, info.value.reason) == (416, "Unsupported transport sctp")
 
 
 def test_targets_carry_the_options_of_their_destination() -> None:

@@ -13,13 +13,14 @@ import logging
 import os
 import random
 import signal
+import ssl
 import time
 from typing import Any
 
 import msgspec
 
 from twinline.appserver.runtime import AppServerRuntime
-from twinline.config import Config, parse_hostport
+from twinline.config import Config, ConfigError, parse_hostport
 from twinline.errors import StartupError
 from twinline.link.aio import AioLink, connect, serve
 from twinline.link.endpoint import Closed, Established, HelloReceived, LinkEndpoint, Received
@@ -41,6 +42,7 @@ from twinline.metrics import LoopLag, make_registry, start_metrics_http
 from twinline.metrics_appserver import appserver_collector
 from twinline.services import SERVICES
 from twinline.store import open_store
+from twinline.tls import link_contexts
 
 log = logging.getLogger("twinline.appserver")
 
@@ -65,6 +67,8 @@ class AppServerProcess:
         )  # fmt: skip
         self.ctl: AioLink | None = None
         self.peers: dict[str, AioLink] = {}
+        # (acceptor, connector) TLS contexts of the links, built in run().
+        self.tls: tuple[ssl.SSLContext, ssl.SSLContext] | tuple[None, None] = (None, None)
         self.dropped_to_switch = 0
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,8 +144,9 @@ class AppServerProcess:
                 self.ctl = None
                 with contextlib.suppress(OSError):  # the switch is not up (yet): retry
                     self.ctl = await connect(
-                        host, port, self._endpoint("connector", CtlToServer, "switch"), self._on_ctl
-                    )
+                        host, port, self._endpoint("connector", CtlToServer, "switch"),
+                        self._on_ctl, tls=self.tls[1],
+                    )  # fmt: skip
             if self.ctl is not None:
                 primary, standby = self.runtime.counts()
                 self.ctl.endpoint.set_load(active=primary, standby=standby)
@@ -184,8 +189,9 @@ class AppServerProcess:
             if link is None or link.closed:
                 with contextlib.suppress(OSError):
                     await connect(
-                        host, port, self._endpoint("connector", PeerMessage, name), self._on_peer
-                    )
+                        host, port, self._endpoint("connector", PeerMessage, name),
+                        self._on_peer, tls=self.tls[1],
+                    )  # fmt: skip
             await asyncio.sleep(RECONNECT_INTERVAL)
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -213,6 +219,11 @@ class AppServerProcess:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.config.cluster.tls is not None:
+            try:
+                self.tls = link_contexts(self.config.cluster.tls)
+            except ConfigError as e:
+                raise StartupError(f"configuration error: {e}") from None
         mhost, mport = self.me.metrics_address()
         try:
             metrics = await start_metrics_http(self.metrics, mhost, mport)
@@ -224,8 +235,9 @@ class AppServerProcess:
         await self.store.open()
         host, port = parse_hostport(self.me.peer)
         server = await serve(
-            host, port, lambda: self._endpoint("acceptor", PeerMessage), self._on_peer
-        )
+            host, port, lambda: self._endpoint("acceptor", PeerMessage), self._on_peer,
+            tls=self.tls[0],
+        )  # fmt: skip
         for peer in self.config.appservers:
             if peer.name > self.name:
                 phost, pport = parse_hostport(peer.peer)

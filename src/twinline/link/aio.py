@@ -1,4 +1,4 @@
-"""asyncio adapters for the links: pump bytes between TCP and a `LinkEndpoint`.
+"""asyncio adapters for the links: pump bytes between TCP (or TLS) and a `LinkEndpoint`.
 
 `serve()` listens (the acceptor side: the switch, or a server for its peers) and builds
 one endpoint per connection; `connect()` opens a connection for an endpoint (the
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -34,6 +35,10 @@ MAX_WRITE_BUFFER = 16 * 1024 * 1024
 
 # How long a closed link may take to hand its last bytes (the Bye) to the peer.
 CLOSE_GRACE = 1.0
+
+# A TLS handshake that takes longer is given up (the connector retries): far above a
+# handshake's few round trips, well under the time a server waits for its switch.
+TLS_HANDSHAKE_TIMEOUT = 5.0
 
 
 class AioLink(asyncio.Protocol):
@@ -190,14 +195,37 @@ async def serve(
     port: int,
     make_endpoint: Callable[[], LinkEndpoint],
     on_event: OnEvent,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Listens for links: each connection gets `make_endpoint()` (an acceptor)."""
+    """Listens for links: each connection gets `make_endpoint()` (an acceptor). With
+    `tls`, every connection is TLS first; a failed handshake never reaches an endpoint."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: AioLink(make_endpoint(), on_event, loop), host, port)
+    return await loop.create_server(
+        lambda: AioLink(make_endpoint(), on_event, loop),
+        host,
+        port,
+        ssl=tls,
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
+    )
 
 
-async def connect(host: str, port: int, endpoint: LinkEndpoint, on_event: OnEvent) -> AioLink:
-    """Opens a link for `endpoint` (a connector); OSError if the connection fails."""
+async def connect(
+    host: str,
+    port: int,
+    endpoint: LinkEndpoint,
+    on_event: OnEvent,
+    tls: ssl.SSLContext | None = None,
+) -> AioLink:
+    """Opens a link for `endpoint` (a connector); OSError if the connection fails (a
+    failed TLS handshake, `ssl.SSLError`, is one). With `tls`, the peer's certificate
+    must name `host`."""
     loop = asyncio.get_running_loop()
-    _, link = await loop.create_connection(lambda: AioLink(endpoint, on_event, loop), host, port)
+    _, link = await loop.create_connection(
+        lambda: AioLink(endpoint, on_event, loop),
+        host,
+        port,
+        ssl=tls,
+        server_hostname=host if tls is not None else None,
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
+    )
     return link

@@ -1,10 +1,14 @@
-"""asyncio transports for SIP: UDP endpoints, TCP listeners and connections.
+"""asyncio transports for SIP: UDP endpoints, TCP and TLS listeners and connections.
 
 The thin edge between sockets and a sans-IO core. Inbound, every datagram or framed
 stream message goes to `deliver(data, source, stream)`; outbound, `send(address,
-data)` picks the UDP socket of the address's family or the TCP connection to that
-address (opening one when there is none, queueing until it is up). A connection that
-cannot be opened or framed is reported to `failed(address)`.
+data)` picks the UDP socket of the address's family or the TCP or TLS connection to
+that address (opening one when there is none, queueing until it is up). A connection
+that cannot be opened, secured or framed is reported to `failed(address)`.
+
+TLS is asyncio's, over the same stream framing as TCP: a "tls" address is a stream
+whose connection was opened (or accepted) with the `tls_client` (or `tls_server`)
+context, the peer's certificate checked against the host the address names.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 
 from twinline.sip.errors import SipParseError
@@ -31,6 +36,9 @@ UDP_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 RESOLVED_CACHE_SIZE = 65536
+
+# Far above a handshake's few round trips; a peer that stalls it holds nothing longer.
+TLS_HANDSHAKE_TIMEOUT = 5.0
 
 
 def _family(host: str) -> int:
@@ -63,11 +71,16 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Tcp(asyncio.Protocol):
-    def __init__(self, owner: SipTransports, remote: tuple[str, int] | None = None) -> None:
+    """One stream connection, TCP or TLS (`kind`): the framing is the same."""
+
+    def __init__(
+        self, owner: SipTransports, remote: tuple[str, int] | None = None, kind: str = "tcp"
+    ) -> None:
         self.owner = owner
         self.framer = StreamFramer(owner.limits)
         self.transport: asyncio.Transport | None = None
         self.remote = remote
+        self.kind = kind
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -82,12 +95,14 @@ class _Tcp(asyncio.Protocol):
         except SipParseError as e:
             # The stream cannot be cut into messages any more: nothing after this
             # point can be trusted, so the connection goes.
-            log.warning("closing TCP connection from %s: %s", self.remote, e.reason)
+            log.warning(
+                "closing %s connection from %s: %s", self.kind.upper(), self.remote, e.reason
+            )
             assert self.transport is not None
             self.transport.close()
             return
         assert self.remote is not None
-        source = ("tcp", self.remote[0], self.remote[1])
+        source = (self.kind, self.remote[0], self.remote[1])
         for frame in frames:
             self.owner.deliver(frame, source, True)
 
@@ -101,10 +116,20 @@ class _Tcp(asyncio.Protocol):
 
 
 class SipTransports:
-    def __init__(self, deliver: Deliver, failed: Failed, limits: Limits) -> None:
+    def __init__(
+        self,
+        deliver: Deliver,
+        failed: Failed,
+        limits: Limits,
+        *,
+        tls_server: ssl.SSLContext | None = None,
+        tls_client: ssl.SSLContext | None = None,
+    ) -> None:
         self.deliver = deliver
         self.failed = failed
         self.limits = limits
+        self.tls_server = tls_server
+        self.tls_client = tls_client
         self.udp: dict[int, _Udp] = {}  # by address family
         self.tcp: dict[tuple[str, int], _Tcp] = {}  # by remote address
         self.servers: list[asyncio.Server] = []
@@ -123,15 +148,25 @@ class SipTransports:
             bound = transport_.get_extra_info("sockname")
             self.udp.setdefault(_family(host), proto)
         else:
+            tls = self.tls_server if transport == "tls" else None
+            if transport == "tls" and tls is None:
+                raise ValueError("a tls listener needs the server's TLS context")
             server = await loop.create_server(
-                lambda: _Tcp(self), host=host, port=port, family=_family(host), reuse_address=True
+                lambda: _Tcp(self, kind=transport),
+                host=host,
+                port=port,
+                family=_family(host),
+                reuse_address=True,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
             )
             self.servers.append(server)
             bound = server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
     def send(self, address: Address, data: bytes) -> None:
-        transport, host, port = address
+        transport, name, port = address
+        host = name
         resolved = self._resolved.get(host)
         if resolved is None:
             resolved = self._resolve(host)
@@ -152,16 +187,29 @@ class SipTransports:
             pending.append(data)
             return
         self._connecting[(host, port)] = [data]
-        asyncio.get_running_loop().create_task(self._connect(address, host, port))
+        asyncio.get_running_loop().create_task(self._connect(address, host, port, name))
 
-    async def _connect(self, address: Address, host: str, port: int) -> None:
+    async def _connect(self, address: Address, host: str, port: int, name: str) -> None:
+        """Open the stream for `address` to `host` (resolved from `name`, which a TLS
+        peer's certificate must carry)."""
         loop = asyncio.get_running_loop()
+        kind = address[0]
+        tls = self.tls_client if kind == "tls" else None
         try:
+            if kind == "tls" and tls is None:
+                raise OSError("no TLS context for outgoing connections")
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _Tcp(self, (host, port)), host, port), timeout=5.0
+                loop.create_connection(
+                    lambda: _Tcp(self, (host, port), kind),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=name if tls is not None else None,
+                ),
+                timeout=5.0,
             )
         except (OSError, TimeoutError) as e:
-            log.warning("cannot connect to %s:%s over TCP: %s", host, port, e)
+            log.warning("cannot connect to %s:%s over %s: %s", host, port, kind.upper(), e)
             self._connecting.pop((host, port), None)
             self.failed(address)
             return

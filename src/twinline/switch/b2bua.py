@@ -79,6 +79,8 @@ HISTORY_CAUSES = {
     "user-busy": 486, "no-answer": 408, "unconditional": 302, "deflection": 487,
     "unavailable": 503, "out-of-service": 503, "unknown": 404,
 }  # fmt: skip
+# Transports whose in-dialog requests follow the connection the dialog came on.
+STREAMS = ("tcp", "tls")
 
 
 class Registrar(Protocol):
@@ -197,9 +199,15 @@ class SwitchCore:
         host, port = self.local.get(transport) or next(iter(self.local.values()))
         return f"SIP/2.0/{transport.upper()} {format_host(host)}:{port}"
 
-    def _contact(self, transport: str) -> str:
+    def _contact(self, transport: str, secure: bool = False) -> str:
+        """Our Contact on a leg over `transport`: a SIPS URI when the dialog is secure
+        (RFC 3261 8.1.1.8: a SIPS Request-URI asks for one), else a SIP URI that names
+        a stream transport. For TLS that is `transport=tls`, which RFC 5630 deprecates
+        in favour of SIPS but which is what deployed phones and trunks read."""
         host, port = self.local.get(transport) or next(iter(self.local.values()))
-        params = ";transport=tcp" if transport == "tcp" else ""
+        if secure:
+            return f"<sips:{format_host(host)}:{port}>"
+        params = f";transport={transport}" if transport in STREAMS else ""
         return f"<sip:{format_host(host)}:{port}{params}>"
 
     # --- TransactionUser ------------------------------------------------------------------
@@ -433,6 +441,7 @@ class SwitchCore:
             # the same TCP connection, or the NAT binding its datagrams came from.
             address=txn.address,
             remote_cseq=req.cseq,
+            secure=req.uri[:5].lower() == "sips:",
         )
         call = Call(
             id=f"{self._id_prefix}{next(self._ids)}",
@@ -475,6 +484,7 @@ class SwitchCore:
             remote_target=target.uri,
             address=target.address,
             local_cseq=1,
+            secure=target.uri[:5].lower() == "sips:",
         )
         if call.b is not None:
             self.dialogs.pop((call.b.call_id, call.b.local_tag), None)
@@ -490,7 +500,7 @@ class SwitchCore:
             ("To", remote_party),
             ("Call-ID", b_call_id),
             ("CSeq", "1 INVITE"),
-            ("Contact", self._contact(transport)),
+            ("Contact", self._contact(transport, b.secure)),
         ]
         passed = PASSED_ON_NEW_INVITE
         if options.diversion:
@@ -576,7 +586,7 @@ class SwitchCore:
         b.remote_party = resp.get("To") or b.remote_party
         b.remote_target = target
         b.route_set = list(reversed(resp.get_all("Record-Route")))
-        if b.address[0] != "tcp":
+        if b.address[0] not in STREAMS:
             b.address = address
         b.confirmed = True
         if call.late_offer:
@@ -610,7 +620,7 @@ class SwitchCore:
             local_party=b.local_party, remote_party=resp.get("To") or b.remote_party,
             remote_tag=resp.to_tag, remote_target=target,
             route_set=list(reversed(resp.get_all("Record-Route"))),
-            address=b.address if b.address[0] == "tcp" else address, local_cseq=b.local_cseq,
+            address=b.address if b.address[0] in STREAMS else address, local_cseq=b.local_cseq,
         )  # fmt: skip
         self._send_ack(stray, b"", None)
         bye = stray.build_request("BYE", self._via(stray.address[0]), "")
@@ -656,7 +666,7 @@ class SwitchCore:
     def _relay_to_caller(self, call: Call, resp: Response, *, contact: bool) -> None:
         headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
         if contact:
-            headers.insert(0, ("Contact", self._contact(call.a.address[0])))
+            headers.insert(0, ("Contact", self._contact(call.a.address[0], call.a.secure)))
         setup = call.setup
         out = response_to(
             setup.request, resp.status, resp.reason,
@@ -764,7 +774,7 @@ class SwitchCore:
             call.reinvite_pending = True
         headers = [(n, v) for n, v in req.headers if n in PASSED_IN_DIALOG]
         out = other.build_request(
-            method, self._via(other.address[0]), self._contact(other.address[0]),
+            method, self._via(other.address[0]), self._contact(other.address[0], other.secure),
             headers=headers, body=req.body,
         )  # fmt: skip
         if method == "INVITE":
@@ -788,7 +798,8 @@ class SwitchCore:
             return
         headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
         if method in ("INVITE", "UPDATE") and resp.status < 300:
-            headers.insert(0, ("Contact", self._contact(origin.address[0])))
+            leg = call.other(relay.leg) or call.a
+            headers.insert(0, ("Contact", self._contact(origin.address[0], leg.secure)))
         if resp.status >= 200:
             call.reinvite_pending = call.reinvite_pending and method != "INVITE"
         if method == "INVITE" and resp.status // 100 == 2:

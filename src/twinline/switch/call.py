@@ -65,6 +65,8 @@ class Leg:
     # We hold the ACK of this leg's 2xx until the other leg's ACK brings the SDP answer
     # (the INVITE we relayed carried no offer, so the 2xx did).
     ack_held: bool = False
+    # A SIPS dialog (RFC 3261 26.2): our Contact on it is a SIPS URI.
+    secure: bool = False
 
     def build_request(
         self,

@@ -80,9 +80,9 @@ def address_of_uri(uri: str) -> Address:
     """Where a request for `uri` goes (RFC 3263 without DNS: host, port, transport)."""
     parsed = parse_uri(uri)
     transport = parsed.transport
-    if transport not in ("udp", "tcp"):
+    if transport not in ("udp", "tcp", "tls"):
         raise SipParseError(f"Unsupported transport {transport}", status=416)
-    return (transport, parsed.host, parsed.port or 5060)
+    return (transport, parsed.host, parsed.port or (5061 if transport == "tls" else 5060))
 
 
 class RoutingPlan:
@@ -92,7 +92,8 @@ class RoutingPlan:
         # Longest prefix first, so the first match wins.
         self.routes: list[Route] = sorted(config.routes, key=lambda r: -len(r.prefix))
         self._route_targets = {
-            id(r): parse_hostport(r.target, default_port=5060) for r in self.routes
+            id(r): parse_hostport(r.target, default_port=5061 if r.transport == "tls" else 5060)
+            for r in self.routes
         }
 
     def resolve(
@@ -106,7 +107,7 @@ class RoutingPlan:
                     address = address_of_uri(binding.contact)
                 except SipParseError:
                     continue
-                if address[0] == "tcp" and binding.source[0] == "tcp":
+                if address[0] in ("tcp", "tls") and binding.source[0] == address[0]:
                     # A phone on TCP is reached over the connection it registered on
                     # (RFC 5626's flow): its Contact port is often not listening.
                     address = binding.source
@@ -120,6 +121,7 @@ class RoutingPlan:
             if dialled.startswith(route.prefix):
                 host, port = self._route_targets[id(route)]
                 number = route.add + dialled[route.strip :]
+                # TLS to a trunk is hop by hop (RFC 5630 3.1.3): a SIP URI, sent over TLS.
                 params = ";transport=tcp" if route.transport == "tcp" else ""
                 uri = f"sip:{number}@{format_host(host)}:{port}{params}"
                 address = (route.transport, host, port)

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from twinline.config import Config, parse_hostport, parse_listen
+from twinline.config import Config, ConfigError, parse_hostport, parse_listen
 from twinline.errors import StartupError
 from twinline.link.aio import AioLink, serve
 from twinline.link.endpoint import Closed, HelloReceived, LinkEndpoint, Received
@@ -38,6 +38,7 @@ from twinline.switch.b2bua import SwitchCore
 from twinline.switch.control import PlanControl
 from twinline.switch.registrar import LocationService, Registrar
 from twinline.switch.routing import RoutingPlan
+from twinline.tls import link_contexts, sip_client_context, sip_server_context
 
 log = logging.getLogger("twinline.switch")
 
@@ -90,6 +91,13 @@ class SwitchServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         sw = self.config.switch
+        try:
+            if sw.tls is not None:
+                self.transports.tls_server = sip_server_context(sw.tls)
+            if sw.tls is not None or any(r.transport == "tls" for r in self.config.routes):
+                self.transports.tls_client = sip_client_context(sw.tls)
+        except ConfigError as e:
+            raise StartupError(f"configuration error: {e}") from None
         local: dict[str, tuple[str, int]] = {}
         for text in sw.listen:
             transport, host, port = parse_listen(text)
@@ -134,13 +142,20 @@ class SwitchServer:
             )
             self.core.control = self.arbiter
             host, port = parse_hostport(sw.link)
+            link_tls = self.config.cluster.tls
             try:
-                self._ctl_server = await serve(host, port, self._ctl_endpoint, self._on_ctl)
+                tls = link_contexts(link_tls)[0] if link_tls is not None else None
+            except ConfigError as e:
+                raise StartupError(f"configuration error: {e}") from None
+            try:
+                self._ctl_server = await serve(
+                    host, port, self._ctl_endpoint, self._on_ctl, tls=tls
+                )
             except OSError as e:
                 raise StartupError(
                     f"cannot listen on switch.link {sw.link}: {e.strerror or e}"
                 ) from None
-            log.info("call tracking links on %s", sw.link)
+            log.info("call tracking links on %s%s", sw.link, " (TLS)" if tls else "")
         else:
             self.core.control = PlanControl(routing, self.core)
         host, port = parse_hostport(sw.http)

@@ -531,7 +531,7 @@ class SwitchCore:
             call.forwarded = True
             forwarded = response_to(
                 a_req, 181, "Call Is Being Forwarded", to_tag=call.a.local_tag,
-                headers=[("Contact", self._contact(call.a.address[0]))],
+                headers=[("Contact", self._contact(call.a.address[0], call.a.secure))],
             )  # fmt: skip
             call.setup.respond(forwarded, now)
 

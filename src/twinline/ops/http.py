@@ -6,6 +6,8 @@
   /api/servers/{name}/handover`: planned maintenance.
 
 - `GET /metrics`: the switch's Prometheus metrics (`twinline.metrics_switch`).
+- `GET /` (the dashboard), `GET /api/events` (its live feed), `GET /api/calls`: see
+  `twinline.ops.dashboard`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from twinline.metrics import metrics_handler
+from twinline.ops.dashboard import add_dashboard
 
 log = logging.getLogger("twinline.ops")
 
@@ -27,6 +30,10 @@ class Operable(Protocol):
     def drain(self, name: str, on: bool) -> dict[str, Any]: ...
 
     def handover(self, name: str) -> dict[str, Any]: ...
+
+    def calls_table(
+        self, *, server: str = "", number: str = "", state: str = "", limit: int = 200
+    ) -> dict[str, Any]: ...
 
 
 def make_app(switch: Operable, metrics: CollectorRegistry | None = None) -> web.Application:
@@ -55,6 +62,7 @@ def make_app(switch: Operable, metrics: CollectorRegistry | None = None) -> web.
     app.router.add_post("/api/servers/{name}/handover", post_handover)
     if metrics is not None:
         app.router.add_get("/metrics", metrics_handler(metrics))
+    add_dashboard(app, switch)
     return app
 
 

@@ -27,6 +27,7 @@ from twinline.metrics import LoopLag, make_registry
 from twinline.metrics_histogram import TAKEOVER_BUCKETS, Histogram
 from twinline.metrics_switch import switch_collector
 from twinline.ops.http import start_http
+from twinline.ops.timeline import Timeline
 from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.message import Limits
 from twinline.sip.transaction import Address
@@ -87,6 +88,8 @@ class SwitchServer:
         self.takeover_time = Histogram(TAKEOVER_BUCKETS)
         self.takeover_runs: Counter[str] = Counter()
         self.metrics = make_registry(switch_collector(self))
+        self.timeline = Timeline()  # what the dashboard shows: failures, takeovers, joins
+        self._joined: set[str] = set()
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -219,6 +222,16 @@ class SwitchServer:
                 "%d unprotected calls given a standby",
                 hello.name, hello.pid, hello.incarnation, len(live), count,
             )  # fmt: skip
+            again = hello.name in self._joined
+            self._joined.add(hello.name)
+            self.timeline.add(
+                "rejoin" if again else "join", hello.name,
+                f"{hello.name} {'rejoined' if again else 'joined'} (pid {hello.pid})",
+            )  # fmt: skip
+            if count:
+                self.timeline.add(
+                    "reprotect", hello.name, f"{count} unprotected calls given a standby"
+                )
         elif isinstance(event, Closed):
             lost = link.peer_name
             if lost is not None and self.links.get(lost) is link:
@@ -226,6 +239,7 @@ class SwitchServer:
                 if self._stopping:
                     return
                 log.warning("application server %s lost: %s", lost, event.reason)
+                self.timeline.add("failure", lost, f"{lost} lost: {event.reason}")
                 run = arbiter.server_down(lost, event.reason, self.loop.time())
                 if run is not None:
                     self._log_run(run)
@@ -259,6 +273,13 @@ class SwitchServer:
         if run.finished is not None:
             self.takeover_time.observe(run.finished - run.started)
             self.takeover_runs["handover" if run.reason == "handover" else "failure"] += 1
+            self.timeline.add(
+                "takeover", run.server,
+                f"{run.calls} calls of {run.server} taken over in {d['duration_ms']} ms "
+                f"({run.reason}): {run.reprotected} re-protected, {run.unprotected} "
+                f"unprotected, {run.orphaned} orphaned",
+                calls=run.calls, duration_ms=d["duration_ms"],
+            )  # fmt: skip
         if run.finished is None:
             log.info(
                 "moving %d calls off %s (%s): %d re-protected, %d unprotected, %d orphaned",
@@ -280,6 +301,9 @@ class SwitchServer:
         if not on:
             self.arbiter.reprotect()
         log.info("application server %s %s", name, "drained" if on else "undrained")
+        self.timeline.add(
+            "drain" if on else "undrain", name, f"{name} {'drained' if on else 'undrained'}"
+        )
         return {"server": name, "state": self.arbiter.servers[name].state.value}
 
     def handover(self, name: str) -> dict[str, Any]:
@@ -322,7 +346,51 @@ class SwitchServer:
             result["commands"] = dataclasses.asdict(self.arbiter.stats)
             result["calls"]["unprotected"] = self.arbiter.unprotected()
             result["takeovers"] = [run.as_dict() for run in self.arbiter.runs]
+            now = self.loop.time() if self.loop is not None else 0.0
+            for server in result["servers"]:
+                link = self.links.get(server["name"])
+                up = link is not None and link.endpoint.established
+                server["heartbeat_age_ms"] = (
+                    round((now - link.endpoint.last_received) * 1000) if link and up else None
+                )
+        setup = s.setup_time
+        result["calls"]["setup_ms_mean"] = (
+            round(setup.total / setup.count * 1000, 1) if setup.count else None
+        )
+        result["timeline"] = self.timeline.latest()
         return result
+
+    def calls_table(
+        self, *, server: str = "", number: str = "", state: str = "", limit: int = 200
+    ) -> dict[str, Any]:
+        """Live calls for the dashboard, filtered; at most `limit` rows, oldest first."""
+        core = self.core
+        assert core is not None
+        owned = self.arbiter.owned if self.arbiter is not None else {}
+        rows: list[dict[str, Any]] = []
+        total = 0
+        for call in core.calls.values():
+            own = owned.get(call.id)
+            primary = own.primary if own is not None else None
+            standby = own.standby if own is not None else None
+            if server and server not in (primary, standby):
+                continue
+            if number and number not in call.dialled and number not in call.caller:
+                continue
+            if state and call.state.value != state:
+                continue
+            total += 1
+            if len(rows) < limit:
+                rows.append(
+                    {
+                        "id": call.id, "caller": call.caller, "dialled": call.dialled,
+                        "state": call.state.value, "primary": primary, "standby": standby,
+                        "epoch": own.epoch if own is not None else None,
+                        "service": own.service if own is not None else None,
+                        "answered": call.answered_at is not None,
+                    }
+                )  # fmt: skip
+        return {"total": total, "calls": rows}
 
     # --- the edge: bytes in, timer re-armed ----------------------------------------------
     def _deliver(self, data: bytes, source: Address, stream: bool) -> None:

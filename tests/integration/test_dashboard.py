@@ -1,0 +1,123 @@
+"""The dashboard in a real headless browser (chromium through Selenium), on a real
+`twinline up` under SIPp load: both servers and the live calls show, a server killed
+with SIGKILL shows as down with its takeover within 2 s, and a screenshot is saved."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from .browser import artifacts_dir, chrome
+from .cluster import Cluster, free_port
+from .sipp import Sipp, sipp_binary
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[Sipp]:
+    binary = sipp_binary()
+    if binary is None:
+        pytest.skip("SIPp is not installed (Debian package sip-tester)")
+    runner = Sipp(binary, tmp_path / "sipp")
+    yield runner
+    runner.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver: Any = chrome()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, step: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def test_dashboard_shows_servers_live_calls_and_a_takeover(
+    tmp_path: Path, sipp: Sipp, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    def text(css: str) -> str:
+        found = browser.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else ""
+
+    def attr(css: str, name: str) -> str | None:
+        found = browser.find_elements(By.CSS_SELECTOR, css)
+        return found[0].get_attribute(name) if found else None
+
+    cluster = Cluster(tmp_path / "cluster", servers=2, callee_port=free_port())
+    cluster.start()
+    shots = artifacts_dir("dashboard")
+    print(f"dashboard screenshots in {shots}")
+    try:
+        sipp.start_uas("callee", "uas", port=cluster.callee_port)
+        uac = sipp.start_uac(
+            "caller", "uac", cluster.sip_address, port=free_port(), calls=1200, rate=60,
+            limit=1000, service="1000", duration_ms=5000, timeout_s=120,
+        )  # fmt: skip
+        browser.get(f"http://127.0.0.1:{cluster.http_port}/")
+        assert browser.title == "twinline"
+        for name in ("as1", "as2"):
+            wait_for(f"{name} up", lambda n=name: attr(f"#server-{n}", "data-state") == "up", 10)
+        wait_for("the feed", lambda: text("#feed") == "live", 5)
+
+        # The live call count follows the switch's own (read over the API).
+        def live_on_page() -> int | None:
+            shown = text("#live-calls")
+            return int(shown) if shown.isdigit() and int(shown) >= 100 else None
+
+        wait_for("100 live calls on the page", live_on_page, 30)
+        shown = live_on_page() or 0
+        live = cluster.status()["calls"]["live"]
+        assert abs(shown - live) <= 60, (shown, live)  # 60 calls/s, and half a second apart
+        wait_for(
+            "calls in the table",
+            lambda: len(browser.find_elements(By.CSS_SELECTOR, "#calls tr")) > 10,
+            5,
+        )
+        assert text("#server-as1 .primary") not in ("", "0")
+        browser.save_screenshot(str(shots / "1-under-load.png"))
+
+        pid = next(s["pid"] for s in cluster.status()["servers"] if s["name"] == "as1")
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+
+        def takeover_shown() -> bool:
+            down = attr("#server-as1", "data-state") == "down"
+            entries = browser.find_elements(By.CSS_SELECTOR, "#timeline li.takeover")
+            return down and any("of as1 taken over" in e.text for e in entries)
+
+        wait_for("as1 down and its takeover on the page", takeover_shown, 2.0)
+        elapsed = time.monotonic() - killed
+        print(f"takeover shown {elapsed * 1000:.0f} ms after kill -9")
+        assert elapsed < 2.0
+        failure = browser.find_elements(By.CSS_SELECTOR, "#timeline li.failure")
+        assert any("as1 lost" in e.text for e in failure)
+        browser.save_screenshot(str(shots / "2-after-takeover.png"))
+        assert (shots / "2-after-takeover.png").stat().st_size > 10_000
+
+        uac.finish()
+        uac.check(successful=1200, created=1200, context=cluster.log()[-4000:])
+    finally:
+        code = cluster.stop()
+    assert code == 0, cluster.log()[-4000:]

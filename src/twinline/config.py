@@ -61,6 +61,17 @@ class SipTls(_Section, frozen=True):
     verify_clients: bool = False
 
 
+class Dns(_Section, frozen=True):
+    """How long host names (targets, Contacts) stay resolved, in seconds. getaddrinfo
+    gives no record TTL, so one TTL applies to every answer (docs/security.md)."""
+
+    ttl: float = 60.0
+    # A name that does not resolve is not looked up again for this long.
+    negative_ttl: float = 10.0
+    # A lookup without an answer by then counts as a failure.
+    timeout: float = 5.0
+
+
 class SwitchConfig(_Section, frozen=True):
     # Where the switch takes SIP: "udp:HOST:PORT", "tcp:HOST:PORT" or "tls:HOST:PORT"
     # (needs [switch.tls]); IPv6 as "udp:[::1]:5060".
@@ -80,6 +91,7 @@ class SwitchConfig(_Section, frozen=True):
     max_call_duration: float = 0.0
     limits: Limits = msgspec.field(default_factory=Limits)
     timers: Timers = msgspec.field(default_factory=Timers)
+    dns: Dns = msgspec.field(default_factory=Dns)
     # Where application servers connect their call tracking links ("HOST:PORT").
     link: str = "127.0.0.1:5062"
     # The status API (`twinline status`): "HOST:PORT".
@@ -273,6 +285,13 @@ def _check(config: Config) -> None:
             fail(key, f"{fvalue} must be greater than 0")
     if sw.max_call_duration < 0:
         fail("switch.max_call_duration", f"{sw.max_call_duration} must not be negative (0: none)")
+    for key, fvalue, fhigh in (
+        ("switch.dns.ttl", sw.dns.ttl, 86400.0),
+        ("switch.dns.negative_ttl", sw.dns.negative_ttl, 3600.0),
+        ("switch.dns.timeout", sw.dns.timeout, 60.0),
+    ):
+        if not 0 < fvalue <= fhigh:
+            fail(key, f"{fvalue} is out of range (more than 0, at most {fhigh:g})")
     if sw.timers.t2 < sw.timers.t1:
         fail("switch.timers.t2", f"{sw.timers.t2} must not be less than t1 ({sw.timers.t1})")
     seen: set[str] = set()

@@ -4,7 +4,9 @@ The thin edge between sockets and a sans-IO core. Inbound, every datagram or fra
 stream message goes to `deliver(data, source, stream)`; outbound, `send(address,
 data)` picks the UDP socket of the address's family or the TCP or TLS connection to
 that address (opening one when there is none, queueing until it is up). A connection
-that cannot be opened, secured or framed is reported to `failed(address)`.
+that cannot be opened, secured or framed, or a host name that cannot be resolved, is
+reported to `failed(address)`, always after `send` returned. Host names are resolved off
+the event loop by a `Resolver`; a message to a name not yet resolved waits for the answer.
 
 TLS is asyncio's, over the same stream framing as TCP: a "tls" address is a stream
 whose connection was opened (or accepted) with the `tls_client` (or `tls_server`)
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 from twinline.sip.errors import SipParseError
 from twinline.sip.message import Limits, StreamFramer
+from twinline.sip.resolver import Resolved, Resolver
 from twinline.sip.transaction import Address
 
 log = logging.getLogger("twinline.sip.transport")
@@ -34,8 +37,6 @@ Failed = Callable[[Address], None]
 # messages per leg arrive well within the default, but a load test's bursts do not.
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 
-
-RESOLVED_CACHE_SIZE = 65536
 
 # Far above a handshake's few round trips; a peer that stalls it holds nothing longer.
 TLS_HANDSHAKE_TIMEOUT = 5.0
@@ -124,6 +125,7 @@ class SipTransports:
         *,
         tls_server: ssl.SSLContext | None = None,
         tls_client: ssl.SSLContext | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.deliver = deliver
         self.failed = failed
@@ -134,7 +136,8 @@ class SipTransports:
         self.tcp: dict[tuple[str, int], _Tcp] = {}  # by remote address
         self.servers: list[asyncio.Server] = []
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
-        self._resolved: dict[str, tuple[str, int]] = {}
+        self.resolver = resolver or Resolver()
+        self._resolved = self.resolver.cache  # the fast path: one dict lookup per send
         self.udp_errors = 0
 
     async def listen(self, transport: str, host: str, port: int) -> tuple[str, int]:
@@ -169,7 +172,11 @@ class SipTransports:
         host = name
         resolved = self._resolved.get(host)
         if resolved is None:
-            resolved = self._resolve(host)
+            resolved = self.resolver.cached(host)
+            if resolved is None:
+                # A name not resolved yet: this message waits for the lookup.
+                self.resolver.resolve(host, lambda found: self._send_resolved(address, data, found))
+                return
         host, family = resolved
         if transport == "udp":
             udp = self.udp.get(family)
@@ -188,6 +195,12 @@ class SipTransports:
             return
         self._connecting[(host, port)] = [data]
         asyncio.get_running_loop().create_task(self._connect(address, host, port, name))
+
+    def _send_resolved(self, address: Address, data: bytes, resolved: Resolved | None) -> None:
+        if resolved is None:
+            self.failed(address)
+        else:
+            self.send(address, data)  # the name is in the cache now
 
     async def _connect(self, address: Address, host: str, port: int, name: str) -> None:
         """Open the stream for `address` to `host` (resolved from `name`, which a TLS
@@ -216,25 +229,8 @@ class SipTransports:
         for data in self._connecting.pop((host, port), []):
             proto.send(data)
 
-    def _resolve(self, host: str) -> tuple[str, int]:
-        """A host's address and family, resolved once and cached: targets and contacts
-        are few and stable, and a resolver call (or even parsing an address) per
-        message would cost the loop."""
-        try:
-            ipaddress.ip_address(host)
-            result = host
-        except ValueError:
-            try:
-                result = str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)[0][4][0])
-            except OSError:
-                result = host
-        resolved = (result, _family(result))
-        if len(self._resolved) >= RESOLVED_CACHE_SIZE:
-            self._resolved.clear()  # one entry per peer host: bounded, rebuilt on demand
-        self._resolved[host] = resolved
-        return resolved
-
     def close(self) -> None:
+        self.resolver.close()
         for udp in self.udp.values():
             if udp.transport is not None:
                 udp.transport.close()

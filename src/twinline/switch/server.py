@@ -30,6 +30,7 @@ from twinline.ops.http import start_http
 from twinline.ops.timeline import Timeline
 from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.message import Limits
+from twinline.sip.resolver import Resolver
 from twinline.sip.transaction import Address
 from twinline.sip.transport import SipTransports
 from twinline.store import open_database
@@ -69,7 +70,10 @@ class SwitchServer:
             max_headers=sw.limits.max_headers,
             max_line_length=sw.limits.max_line_length,
         )
-        self.transports = SipTransports(self._deliver, self._failed, self.limits)
+        resolver = Resolver(
+            ttl=sw.dns.ttl, negative_ttl=sw.dns.negative_ttl, timeout=sw.dns.timeout
+        )
+        self.transports = SipTransports(self._deliver, self._failed, self.limits, resolver=resolver)
         self.location = LocationService()
         self.core: SwitchCore | None = None
         self._timer: asyncio.TimerHandle | None = None

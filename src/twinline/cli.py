@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from twinline import gcpolicy
+from twinline import cli_data, gcpolicy
 from twinline.config import Config, ConfigError, load_config
 
 
@@ -217,6 +217,8 @@ def handover(server: str, as_json: bool, config_path: str | None) -> None:
         f"{result.get('unprotected', 0)} unprotected, {result.get('orphaned', 0)} orphaned"
     )
 
+
+cli_data.register(main)  # accounts, rates, cards, numbers, holidays, forwarding, screening
 
 if __name__ == "__main__":
     main()

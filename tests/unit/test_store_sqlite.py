@@ -28,7 +28,7 @@ from twinline.store import (
     open_store,
     sqlite_path,
 )
-from twinline.store.schema import SCHEMA_VERSION
+from twinline.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -79,22 +79,24 @@ def raw(path: Path) -> sqlite3.Connection:
 
 
 def create_accounts(path: Path, balance: int = 1000) -> None:
-    """Service data the tests debit (its real schema comes with the services' migration)."""
+    """A table of balances the tests debit (not the services' accounts)."""
     with raw(path) as conn:
         conn.execute(
-            "CREATE TABLE accounts (id TEXT PRIMARY KEY, balance BIGINT NOT NULL"
+            "CREATE TABLE test_purses (id TEXT PRIMARY KEY, balance BIGINT NOT NULL"
             " CHECK (balance >= 0))"
         )
-        conn.execute("INSERT INTO accounts VALUES ('acct-1', ?)", (balance,))
+        conn.execute("INSERT INTO test_purses VALUES ('acct-1', ?)", (balance,))
 
 
 def balance(path: Path) -> int:
     with raw(path) as conn:
-        value: int = conn.execute("SELECT balance FROM accounts WHERE id = 'acct-1'").fetchone()[0]
+        value: int = conn.execute("SELECT balance FROM test_purses WHERE id = 'acct-1'").fetchone()[
+            0
+        ]
         return value
 
 
-DEBIT = "UPDATE accounts SET balance = balance - ? WHERE id = ?"
+DEBIT = "UPDATE test_purses SET balance = balance - ? WHERE id = ?"
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
@@ -124,10 +126,12 @@ def test_open_creates_the_schema_in_wal_mode_and_reopens_it(tmp_path: Path) -> N
     assert run(second()) == [cdr("call-1")]
     with raw(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        versions = conn.execute("SELECT version FROM schema_version").fetchall()
+        versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert {"active_calls", "cdrs", "side_effects", "checkpoints", "call_placements"} <= tables
-    assert versions == [(SCHEMA_VERSION,)]  # reopening applied nothing again
+    # Each migration once: reopening applied nothing again.
+    assert versions == [(m.version,) for m in MIGRATIONS]
+    assert versions[-1] == (SCHEMA_VERSION,)
     assert mode == "wal"
 
 
@@ -437,7 +441,7 @@ def test_once_with_decides_from_the_database_and_replays_its_first_result(
 
     def debit_up_to(want: int) -> Callable[[Tx], str | None]:
         def effect(tx: Tx) -> str:
-            row = tx.fetchone("SELECT balance FROM accounts WHERE id = ?", ("acct-1",))
+            row = tx.fetchone("SELECT balance FROM test_purses WHERE id = ?", ("acct-1",))
             assert row is not None
             take = min(want, int(str(row["balance"])))
             assert tx.execute(DEBIT, (take, "acct-1")) == 1
@@ -456,7 +460,7 @@ def test_once_with_decides_from_the_database_and_replays_its_first_result(
             assert balance(path) == 0
             # The same key after the balance changed: still the first result.
             with raw(path) as conn:
-                conn.execute("UPDATE accounts SET balance = 1000")
+                conn.execute("UPDATE test_purses SET balance = 1000")
             again = await b.once_with("c1/debit", "c1", "debit", debit_up_to(80))
             assert (again.applied, again.result) == (False, "50")
 
@@ -479,10 +483,10 @@ def test_a_failing_effect_rolls_back_with_its_key_and_transactions_read_by_name(
                 await store.once_with("c1/x", "c1", "debit", refuse)
             assert await store.side_effect("c1/x") is None
             changed = await store.transaction(
-                "top-up", lambda tx: tx.execute("UPDATE accounts SET balance = balance + 5")
+                "top-up", lambda tx: tx.execute("UPDATE test_purses SET balance = balance + 5")
             )
             assert changed == 1
-            rows = await store.read(lambda tx: tx.fetchall("SELECT id, balance FROM accounts"))
+            rows = await store.read(lambda tx: tx.fetchall("SELECT id, balance FROM test_purses"))
             assert rows == [{"id": "acct-1", "balance": 15}]
             assert await store.read(lambda tx: tx.fetchone("SELECT 1 AS x WHERE 0")) is None
 
@@ -594,7 +598,7 @@ import asyncio, json, os, sys, time
 from twinline.store import Cdr, SqliteStore
 
 path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-DEBIT = "UPDATE accounts SET balance = balance - ? WHERE id = ?"
+DEBIT = "UPDATE test_purses SET balance = balance - ? WHERE id = ?"
 
 def cdr(call_id):
     return Cdr(call_id=call_id, caller=name, callee="5551000", service="prepaid",

@@ -116,7 +116,162 @@ _V1 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+# Service data (docs/services.md). Money is BIGINT millionths of the account's currency
+# unit: exact integers that SQL can add and compare atomically on both backends (a
+# reservation is one guarded UPDATE), with room for sub-cent rates such as 0.006 a
+# minute. TEXT decimals would be turned into floats by SQLite's arithmetic.
+# Names avoid SQL keywords (no `user`, `end`, `number`), for PostgreSQL.
+_V2 = Migration(
+    version=2,
+    description="service data: accounts, ledger, reservations, rates, cards, translations,"
+    " holidays, forwarding, screening",
+    statements=(
+        """
+        CREATE TABLE accounts (
+            id           TEXT PRIMARY KEY,
+            currency     TEXT NOT NULL,
+            balance      BIGINT NOT NULL,
+            reserved     BIGINT NOT NULL DEFAULT 0,
+            credit_limit BIGINT NOT NULL DEFAULT 0,
+            max_calls    BIGINT,
+            open_calls   BIGINT NOT NULL DEFAULT 0,
+            status       TEXT NOT NULL DEFAULT 'active'
+                         CHECK (status IN ('active', 'suspended', 'closed')),
+            rate_plan    TEXT NOT NULL DEFAULT 'default',
+            description  TEXT NOT NULL DEFAULT '',
+            seq          BIGINT NOT NULL DEFAULT 0,
+            CHECK (reserved >= 0),
+            CHECK (open_calls >= 0),
+            CHECK (credit_limit >= 0),
+            CHECK (balance + credit_limit - reserved >= 0)
+        )
+        """,
+        # Who pays: a registered user's name, or a trunk caller's number (E.164, no +).
+        """
+        CREATE TABLE account_identities (
+            identity   TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX account_identities_account ON account_identities (account_id)",
+        # Every balance change, numbered per account by accounts.seq (under its row lock);
+        # `balance` is the balance after the entry.
+        """
+        CREATE TABLE ledger (
+            account_id      TEXT NOT NULL,
+            seq             BIGINT NOT NULL,
+            at              DOUBLE PRECISION NOT NULL,
+            kind            TEXT NOT NULL
+                            CHECK (kind IN ('opening', 'debit', 'top-up', 'adjustment')),
+            amount          BIGINT NOT NULL,
+            balance         BIGINT NOT NULL,
+            reason          TEXT NOT NULL,
+            call_id         TEXT,
+            idempotency_key TEXT,
+            PRIMARY KEY (account_id, seq)
+        )
+        """,
+        "CREATE UNIQUE INDEX ledger_idempotency_key ON ledger (idempotency_key)",
+        # One debit per call, whatever replays: the database says so too.
+        "CREATE UNIQUE INDEX ledger_call_debit ON ledger (call_id) WHERE kind = 'debit'",
+        # Credit held by calls in progress: accounts.reserved is the sum of the open ones.
+        """
+        CREATE TABLE reservations (
+            call_id     TEXT PRIMARY KEY,
+            account_id  TEXT NOT NULL,
+            amount      BIGINT NOT NULL CHECK (amount >= 0),
+            created_at  DOUBLE PRECISION NOT NULL,
+            released_at DOUBLE PRECISION,
+            cost        BIGINT,
+            debited     BIGINT
+        )
+        """,
+        "CREATE INDEX reservations_account ON reservations (account_id, released_at)",
+        """
+        CREATE TABLE rates (
+            plan              TEXT NOT NULL,
+            prefix            TEXT NOT NULL,
+            description       TEXT NOT NULL DEFAULT '',
+            currency          TEXT NOT NULL,
+            connect_fee       BIGINT NOT NULL,
+            per_minute        BIGINT NOT NULL,
+            initial_seconds   BIGINT NOT NULL,
+            increment_seconds BIGINT NOT NULL,
+            decimals          BIGINT NOT NULL,
+            rounding          TEXT NOT NULL,
+            time_zone         TEXT NOT NULL,
+            PRIMARY KEY (plan, prefix)
+        )
+        """,
+        """
+        CREATE TABLE rate_periods (
+            plan         TEXT NOT NULL,
+            prefix       TEXT NOT NULL,
+            step         BIGINT NOT NULL,
+            days         TEXT NOT NULL,
+            start_minute BIGINT NOT NULL,
+            end_minute   BIGINT NOT NULL,
+            connect_fee  BIGINT NOT NULL,
+            per_minute   BIGINT NOT NULL,
+            PRIMARY KEY (plan, prefix, step)
+        )
+        """,
+        """
+        CREATE TABLE cards (
+            card        TEXT PRIMARY KEY,
+            account_id  TEXT NOT NULL,
+            pin_hash    TEXT NOT NULL,
+            failures    BIGINT NOT NULL DEFAULT 0,
+            status      TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'locked')),
+            description TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        """
+        CREATE TABLE translations (
+            service_number TEXT NOT NULL,
+            step           BIGINT NOT NULL,
+            target         TEXT NOT NULL,
+            days           TEXT NOT NULL,
+            start_minute   BIGINT NOT NULL,
+            end_minute     BIGINT NOT NULL,
+            holidays       TEXT NOT NULL CHECK (holidays IN ('any', 'only', 'except')),
+            caller_prefix  TEXT NOT NULL DEFAULT '',
+            weight         BIGINT NOT NULL DEFAULT 1 CHECK (weight >= 0),
+            priority       BIGINT NOT NULL DEFAULT 0,
+            time_zone      TEXT NOT NULL,
+            PRIMARY KEY (service_number, step)
+        )
+        """,
+        """
+        CREATE TABLE holidays (
+            calendar_day TEXT PRIMARY KEY,
+            name         TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        """
+        CREATE TABLE forwarding (
+            subscriber   TEXT NOT NULL,
+            kind         TEXT NOT NULL
+                         CHECK (kind IN ('always', 'busy', 'no-answer', 'unavailable', 'hunt')),
+            step         BIGINT NOT NULL,
+            target       TEXT NOT NULL,
+            ring_seconds BIGINT,
+            PRIMARY KEY (subscriber, kind, step)
+        )
+        """,
+        # subscriber '*' holds the operator-wide allow list.
+        """
+        CREATE TABLE screening (
+            subscriber TEXT NOT NULL,
+            kind       TEXT NOT NULL CHECK (kind IN ('block', 'allow', 'reject-anonymous')),
+            prefix     TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (subscriber, kind, prefix)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

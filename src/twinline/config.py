@@ -171,8 +171,16 @@ METRICS_PORT_OFFSET = 1000
 
 
 class Database(_Section, frozen=True):
-    # "sqlite:///path/file.db" (relative to the working directory) or, later, postgresql://
+    # "sqlite:///path/file.db" (relative to the working directory) or "postgresql://..."
+    # (libpq's URL; several hosts with target_session_attrs=read-write follow a failover).
+    # No password in it: $TWINLINE_DATABASE_PASSWORD, `password_file` or $PGPASSWORD.
     url: str = "sqlite:///twinline.db"
+    # PostgreSQL only:
+    pool_size: int = 4  # connections for reads (the writer has one of its own)
+    connect_timeout: float = 5.0  # seconds per host tried
+    statement_timeout: float = 30.0  # seconds; a statement running longer is cancelled
+    sslmode: str | None = None  # libpq's: disable, ..., require, verify-ca, verify-full
+    password_file: str | None = None  # a file whose first line is the password
 
 
 class PlanEntry(_Section, frozen=True):
@@ -353,14 +361,41 @@ def _check(config: Config) -> None:
             fail(f"appservers[{i}].metrics", str(e))
         if server.capacity < 1:
             fail(f"appservers[{i}].capacity", "must be at least 1")
-    if not config.database.url.startswith(("sqlite:///", "postgresql://")):
-        fail("database.url", f"{config.database.url!r}: use sqlite:///FILE or postgresql://...")
+    _check_database(config.database)
     from twinline.services import SERVICES  # noqa: PLC0415 - the registry imports config types
 
     for i, entry in enumerate(config.plan):
         if entry.service not in SERVICES:
             known = ", ".join(sorted(SERVICES))
             fail(f"plan[{i}].service", f"{entry.service!r} is not a service (known: {known})")
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_database(db: Database) -> None:
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{key}: {problem}")
+
+    if not db.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        fail("database.url", f"{db.url!r}: use sqlite:///FILE or postgresql://...")
+    userinfo = db.url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    if ":" in userinfo:
+        fail(
+            "database.url",
+            "holds a password: put it in $TWINLINE_DATABASE_PASSWORD, database.password_file"
+            " or $PGPASSWORD instead",
+        )
+    if not 1 <= db.pool_size <= 100:
+        fail("database.pool_size", f"{db.pool_size} is out of range (1 to 100)")
+    for key, value in (
+        ("database.connect_timeout", db.connect_timeout),
+        ("database.statement_timeout", db.statement_timeout),
+    ):
+        if not value > 0:
+            fail(key, f"{value} must be greater than 0")
+    if db.sslmode is not None and db.sslmode not in _SSLMODES:
+        fail("database.sslmode", f"{db.sslmode!r}: use one of {', '.join(_SSLMODES)}")
 
 
 def _hostport_ok(text: str) -> bool:

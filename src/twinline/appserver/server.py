@@ -59,7 +59,7 @@ class AppServerProcess:
         # A new incarnation per start lets the switch tell a restart from a reconnect.
         self.incarnation = random.getrandbits(62)
         self.secret = config.cluster.secret.encode()
-        self.store = open_store(config.database.url)  # opened in run()
+        self.store = open_store(config.database)  # opened in run()
         self.services: dict[str, Any] = {n: cls(self.store) for n, cls in SERVICES.items()}
         self.runtime = AppServerRuntime(
             name, self.services, self.store,

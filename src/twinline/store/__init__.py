@@ -15,6 +15,7 @@ promises).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from twinline.store.base import OnceOutcome, Row, Store, StoreStats, Tx
@@ -24,6 +25,8 @@ from twinline.store.errors import (
     StoreBusy,
     StoreClosed,
     StoreError,
+    StoreUnavailable,
+    display_url,
 )
 from twinline.store.records import (
     ActiveCall,
@@ -36,6 +39,9 @@ from twinline.store.records import (
     Statement,
 )
 from twinline.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from twinline.config import Database
 
 __all__ = [
     "ActiveCall",
@@ -56,6 +62,7 @@ __all__ = [
     "StoreClosed",
     "StoreError",
     "StoreStats",
+    "StoreUnavailable",
     "Tx",
     "open_store",
     "sqlite_path",
@@ -87,30 +94,49 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-def open_store(url: str) -> Store:
-    """The store a database URL names, not yet opened: ``await store.open()`` (or
-    ``async with store``) connects it.
+def open_store(database: str | Database) -> Store:
+    """The store a database URL (or the configuration's `[database]`) names, not yet
+    opened: ``await store.open()`` (or ``async with store``) connects it.
 
-    Accepts ``sqlite:///FILE``; ``postgresql://`` is reserved for the PostgreSQL backend.
+    ``sqlite:///FILE`` or ``postgresql://...`` (libpq's URL, multi-host included).
     """
+    url = database if isinstance(database, str) else database.url
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         return SqliteStore(sqlite_path(url))
     if scheme in ("postgresql", "postgres"):
-        raise StoreError(
-            f"{url!r}: the PostgreSQL backend is not yet supported; use sqlite:///FILE for now"
+        from twinline.store.postgres import (  # noqa: PLC0415 - psycopg only when used
+            PgSettings,
+            PostgresStore,
+            password_from,
         )
-    raise StoreError(f"{url!r}: unknown database URL scheme {scheme!r}; use sqlite:///FILE")
+
+        if isinstance(database, str):
+            return PostgresStore(PgSettings(url, password=password_from(None)))
+        return PostgresStore(
+            PgSettings(
+                url,
+                pool_size=database.pool_size,
+                connect_timeout=database.connect_timeout,
+                statement_timeout=database.statement_timeout,
+                sslmode=database.sslmode,
+                password=password_from(database.password_file),
+            )
+        )
+    raise StoreError(
+        f"{url!r}: unknown database URL scheme {scheme!r}; use sqlite:///FILE or postgresql://"
+    )
 
 
-async def open_database(url: str, store: Store | None = None) -> Store:
-    """Open the store a URL names (or `store`, made from it), as a process does at
-    start: any failure becomes a `StartupError` that says what to fix."""
+async def open_database(database: str | Database, store: Store | None = None) -> Store:
+    """Open the store a URL (or `[database]`) names (or `store`, made from it), as a
+    process does at start: any failure becomes a `StartupError` that says what to fix."""
     from twinline.errors import StartupError  # noqa: PLC0415 - keeps the store importable alone
 
+    url = database if isinstance(database, str) else database.url
     try:
-        store = store or open_store(url)
+        store = store or open_store(database)
         await store.open()
     except (StoreError, OSError) as e:
-        raise StartupError(f"cannot open the database {url}: {e}") from None
+        raise StartupError(f"cannot open the database {display_url(url)}: {e}") from None
     return store

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def display_url(url: str) -> str:
+    """A database URL as logs and errors may show it: without user and password."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
 class StoreError(Exception):
     """A store operation failed; the message says which and why."""
 
@@ -29,3 +35,10 @@ class SchemaTooNew(SchemaError):
         )
         self.found = found
         self.supported = supported
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (its host is down, a failover is under way).
+
+    Raised at once by immediate operations, so that a service can answer 503 while
+    batched writes wait for the database to come back."""

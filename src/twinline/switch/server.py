@@ -136,7 +136,7 @@ class SwitchServer:
         )
         routing = RoutingPlan(self.config, self.location)
         if self.config.appservers:
-            self.store = await open_database(self.config.database.url)
+            self.store = await open_database(self.config.database)
             self.arbiter = Arbiter(
                 switch=self.core,
                 routing=routing,

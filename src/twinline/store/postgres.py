@@ -1,0 +1,298 @@
+"""The PostgreSQL backend: one database shared by the processes of every host.
+
+Driver and threads. psycopg 3, synchronous, on the same threads as SQLite: the shared
+writer (`store.writer`) owns one connection on its thread (batches and group commits
+keep one design for both backends), and reads run on a small thread pool, each on a
+connection of a `psycopg_pool.ConnectionPool` of `pool_size`. docs/operations.md says
+why this rather than async psycopg (measured: `bench/pg_driver.py`).
+
+Finding the primary. The URL goes to libpq as it is, so a multi-host URL with
+``target_session_attrs=read-write`` (``postgresql://db1,db2/twinline?target_session_attrs=
+read-write``) connects to whichever host accepts writes: after a failover, the promoted
+replica. A connection lost mid-way is reopened before the next transaction.
+
+Isolation (PostgreSQL's default, READ COMMITTED, plus what each operation adds):
+- an exactly-once write: the side_effects primary key. A second inserter of a key whose
+  first insert is not committed yet waits for it, then finds the key (nothing runs) or
+  not (the first rolled back: this one runs).
+- a decision from what is read (a debit with its reservation): the effect reads the rows
+  it decides on with ``SELECT ... FOR UPDATE``; concurrent writers of the same account
+  queue on that row lock, each reading the balance the previous one committed.
+- a checkpoint: the conditional upsert (``ON CONFLICT ... DO UPDATE ... WHERE``) locks
+  the stored row and compares with its latest version in one statement.
+- reads: REPEATABLE READ, read only: one snapshot for every statement of a `read`.
+A transaction the server aborts to break a deadlock (group commits of several
+operations can take row locks in different orders) is run again, up to 5 times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from twinline.store.backend import Backend, WriterStore
+from twinline.store.base import Row, Tx
+from twinline.store.errors import StoreError, StoreUnavailable, display_url
+from twinline.store.records import SqlValue
+from twinline.store.sql import render
+from twinline.store.writer import Failure, Session
+
+log = logging.getLogger("twinline.store")
+
+T = TypeVar("T")
+
+PASSWORD_ENV = "TWINLINE_DATABASE_PASSWORD"  # noqa: S105 - the variable's name
+
+# Errors after which the same transaction may simply be run again.
+_CONFLICTS = (
+    pg_errors.SerializationFailure,
+    pg_errors.DeadlockDetected,
+    pg_errors.LockNotAvailable,
+    pg_errors.QueryCanceled,  # statement_timeout: waited too long for a lock
+)
+# Errors that mean this connection is no use any more: the server went away, is
+# shutting down or starting, or is no longer the primary.
+_LOST_STATES = ("08", "57P01", "57P02", "57P03", "25006")
+
+
+@dataclass(frozen=True)
+class PgSettings:
+    """How to reach the database (`[database]` in the configuration)."""
+
+    url: str
+    pool_size: int = 4  # connections for reads; the writer has its own
+    connect_timeout: float = 5.0  # seconds per host tried
+    statement_timeout: float = 30.0  # seconds; a statement running longer is cancelled
+    sslmode: str | None = None  # libpq's sslmode; None: the URL's, else libpq's default
+    password: str | None = None  # None: libpq's own (PGPASSWORD, ~/.pgpass)
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(self.connect_timeout)),
+            "options": f"-c statement_timeout={round(self.statement_timeout * 1000)}",
+            "application_name": "twinline",
+        }
+        if self.sslmode is not None:
+            kwargs["sslmode"] = self.sslmode
+        if self.password is not None:
+            kwargs["password"] = self.password
+        return kwargs
+
+
+def password_from(password_file: str | None) -> str | None:
+    """The database password: $TWINLINE_DATABASE_PASSWORD, else the first line of
+    `password_file`, else None (libpq then reads $PGPASSWORD or ~/.pgpass)."""
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if password_file is None:
+        return None
+    try:
+        lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise StoreError(f"cannot read the database password file {password_file}: {e}") from e
+    if not lines or not lines[0]:
+        raise StoreError(f"the database password file {password_file} is empty")
+    return lines[0]
+
+
+class _PgTx:
+    """`Tx` over a psycopg connection: rows by column name."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._cur: psycopg.Cursor[DictRow] = conn.cursor(row_factory=dict_row)
+
+    def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
+        self._cur.execute(render(sql, "postgresql"), tuple(params))
+        return self._cur.rowcount
+
+    def fetchone(self, sql: str, params: Sequence[SqlValue] = ()) -> Row | None:
+        self._cur.execute(render(sql, "postgresql"), tuple(params))
+        return self._cur.fetchone()
+
+    def fetchall(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
+        self._cur.execute(render(sql, "postgresql"), tuple(params))
+        return list(self._cur.fetchall())
+
+
+def _is_lost(error: BaseException) -> bool:
+    if not isinstance(error, psycopg.OperationalError | psycopg.InternalError):
+        return False
+    state = error.sqlstate
+    if state is None:
+        return isinstance(error, psycopg.OperationalError)  # no answer from a server at all
+    return state.startswith(_LOST_STATES)
+
+
+def connect(settings: PgSettings) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(settings.url, autocommit=True, **settings.connect_kwargs())
+    except psycopg.OperationalError as e:
+        raise StoreUnavailable(f"cannot connect to the database: {e}") from e
+    except psycopg.Error as e:
+        raise StoreError(f"cannot connect to the database: {e}") from e
+
+
+class PgSession(Session):
+    """The writer's connection; reopened before a transaction when it was lost."""
+
+    dialect = "postgresql"
+    attempts = 5
+    driver_errors = (psycopg.Error,)
+    conflict_reason = "it conflicted with other transactions (deadlock, lock timeout) 5 times"
+
+    def __init__(self, settings: PgSettings) -> None:
+        self.settings = settings
+        self.conn = connect(settings)
+        self._tx = _PgTx(self.conn)
+
+    @property
+    def tx(self) -> Tx:
+        return self._tx
+
+    def begin(self) -> None:
+        if self.conn.closed or self.conn.broken:
+            self._reconnect()
+        self.conn.execute("BEGIN")
+
+    def _reconnect(self) -> None:
+        self.conn.close()
+        self.conn = psycopg.connect(
+            self.settings.url, autocommit=True, **self.settings.connect_kwargs()
+        )
+        self._tx = _PgTx(self.conn)
+        log.info("store: reconnected to the database (%s)", self.conn.info.host)
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.conn.closed or self.conn.broken:
+            return
+        if self.conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+        try:
+            self.conn.execute("ROLLBACK")
+        except psycopg.Error as e:
+            log.warning("store: rollback failed: %s", e)
+
+    def failure(self, error: BaseException) -> Failure | None:
+        if isinstance(error, StoreUnavailable) or _is_lost(error):
+            return Failure.LOST
+        if isinstance(error, _CONFLICTS):
+            return Failure.CONFLICT
+        if isinstance(error, psycopg.Error):
+            return Failure.BAD
+        return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PgBackend(Backend):
+    def __init__(self, settings: PgSettings) -> None:
+        self.settings = settings
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def connect(self) -> PgSession:
+        return PgSession(self.settings)
+
+    async def open_reads(self) -> None:
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            conn.read_only = True
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.settings.url,
+            kwargs=self.settings.connect_kwargs(),
+            min_size=1,
+            max_size=self.settings.pool_size,
+            open=False,
+            configure=configure,
+            timeout=self.settings.connect_timeout,
+            name="twinline-reads",
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                None, lambda: pool.open(wait=True, timeout=self.settings.connect_timeout * 2)
+            )
+        except PoolTimeout as e:
+            await loop.run_in_executor(None, pool.close)
+            raise StoreUnavailable(f"cannot connect the read pool to the database: {e}") from e
+        self._pool = pool
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.settings.pool_size, thread_name_prefix="twinline-store-reader"
+        )
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        readers = self._readers
+        if readers is None:
+            raise StoreError("the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(readers, self._read, fn)
+
+    def _read(self, fn: Callable[[Tx], T]) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("the store is not open")
+        try:
+            with pool.connection() as conn:
+                try:
+                    return fn(_PgTx(conn))
+                finally:
+                    conn.rollback()
+        except PoolTimeout as e:
+            raise StoreUnavailable(f"query: no database connection: {e}") from e
+        except psycopg.Error as e:
+            if _is_lost(e):
+                raise StoreUnavailable(f"query: the database is unreachable: {e}") from e
+            raise StoreError(f"query failed: {e}") from e
+
+    async def close_reads(self) -> None:
+        pool, self._pool = self._pool, None
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.shutdown(wait=False)
+        if pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+class PostgresStore(WriterStore):
+    """The store in a PostgreSQL database, shared by the processes of every host."""
+
+    def __init__(
+        self,
+        settings: PgSettings | str,
+        *,
+        flush_interval: float = 0.05,
+        batch_size: int = 500,
+    ) -> None:
+        if isinstance(settings, str):
+            settings = PgSettings(settings)
+        if settings.pool_size < 1:
+            raise ValueError("pool_size >= 1 please")
+        self.settings = settings
+        super().__init__(
+            PgBackend(settings),
+            name=display_url(settings.url),
+            flush_interval=flush_interval,
+            batch_size=batch_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({display_url(self.settings.url)!r})"

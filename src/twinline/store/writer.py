@@ -1,0 +1,455 @@
+"""The store's writer, shared by every backend: batching, ordering and group commit.
+
+A backend gives the writer one thing, a `Session`: a write connection with its
+transactions and a verdict on each error it raises. Everything else is here, the same
+for SQLite and PostgreSQL:
+
+- one *writer* thread owns the session and serves a queue. Batched writes accumulate
+  and are committed as one transaction when the oldest has waited `flush_interval` or
+  `batch_size` are pending; an immediate operation (a function of a transaction) or a
+  `flush` barrier first commits the batch before it, so the queue's order is the commit
+  order. Immediate operations queued together (a takeover's burst of checkpoints)
+  share one transaction, each in a savepoint: a group commit. Results come back through
+  `concurrent.futures.Future`s, which `asyncio.wrap_future` resolves on the caller's
+  loop.
+- errors never stop the writer. A transaction that conflicted with other writers
+  (SQLite's lock still held past busy_timeout, a PostgreSQL deadlock) is run again, up
+  to the session's `attempts`; a batch that fails for a write's own fault (a bad value,
+  a constraint) is replayed write by write, each in a savepoint, so only that write is
+  lost, logged with its reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import enum
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
+
+from twinline.store.base import StoreStats, Tx
+from twinline.store.errors import StoreBusy, StoreClosed, StoreError, StoreUnavailable
+from twinline.store.records import SqlValue
+from twinline.store.sql import Dialect
+
+log = logging.getLogger("twinline.store")
+
+T = TypeVar("T")
+
+# How many writes a log line about a failed batch names.
+_LOG_WRITES = 5
+
+
+class Failure(enum.Enum):
+    """What an error raised by a session says about the transaction it broke."""
+
+    CONFLICT = "conflict"  # other writers were in the way: the same transaction may be run again
+    LOST = "lost"  # the connection is gone: nothing of the transaction was committed
+    BAD = "bad"  # a statement's own fault (a constraint, a bad value): it fails alone
+
+
+class Session(abc.ABC):
+    """The writer's connection to the database; used on the writer thread only."""
+
+    dialect: Dialect
+    # How many times a transaction that conflicted with other writers is run in all.
+    attempts: int = 2
+    # In errors and the log: why a transaction gave up after `attempts` conflicts.
+    conflict_reason: str = "it conflicted with other writers"
+    # The driver's own exceptions: an operation failing with one of these is reported
+    # as a `StoreError`; anything else an operation raises reaches its caller as it is.
+    driver_errors: tuple[type[BaseException], ...] = ()
+
+    @property
+    @abc.abstractmethod
+    def tx(self) -> Tx:
+        """The `Tx` of the transaction the session is in."""
+
+    @abc.abstractmethod
+    def begin(self) -> None:
+        """Begin a write transaction."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Commit it."""
+
+    @abc.abstractmethod
+    def rollback(self) -> None:
+        """Roll back whatever transaction is open (none: nothing); never raises."""
+
+    @abc.abstractmethod
+    def failure(self, error: BaseException) -> Failure | None:
+        """What `error` means for the transaction; None: it is not the database's."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection; never raises."""
+
+    def backoff(self, attempt: int) -> None:
+        """Wait before running a conflicting transaction again (`attempt` >= 1)."""
+        jittered_backoff(attempt)
+
+    def savepoint(self) -> None:
+        self.tx.execute("SAVEPOINT one_op")
+
+    def rollback_to_savepoint(self) -> None:
+        self.tx.execute("ROLLBACK TO SAVEPOINT one_op")
+
+    def release_savepoint(self) -> None:
+        self.tx.execute("RELEASE SAVEPOINT one_op")
+
+
+def jittered_backoff(attempt: int, base: float = 0.005, cap: float = 0.2) -> None:
+    """Sleep a random time that grows with `attempt`, so conflicting writers spread out."""
+    time.sleep(random.uniform(0, min(cap, base * 2**attempt)))
+
+
+# --- what the writer's queue carries ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A batched write."""
+
+    sql: str
+    params: tuple[SqlValue, ...]
+    what: str  # for the log: "cdr call-17"
+
+
+@dataclass(frozen=True, slots=True)
+class _Op(Generic[T]):
+    """An immediate operation: `fn` runs in a write transaction, in a savepoint of its
+    own (operations queued together share the transaction: `Writer._run_ops`)."""
+
+    fn: Callable[[Tx], T]
+    future: concurrent.futures.Future[T]
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Barrier:
+    """Resolved once everything queued before it is committed; `stop` ends the writer."""
+
+    future: concurrent.futures.Future[None]
+    stop: bool = False
+
+
+_Item = Write | _Op[Any] | _Barrier
+
+
+class _GroupFailed(Exception):
+    """An operation of a group commit hit an error that breaks the whole transaction."""
+
+    def __init__(self, error: BaseException, failure: Failure) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.failure = failure
+
+
+def _resolve(future: concurrent.futures.Future[T], value: T) -> None:
+    if future.set_running_or_notify_cancel():
+        future.set_result(value)
+
+
+class Writer:
+    """The writer thread, its session, its queue and its counters.
+
+    `connect` runs first on the writer thread: it opens the session and brings the
+    schema up to date; `started` resolves when it returned (or failed).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Session],
+        *,
+        name: str,
+        flush_interval: float,
+        batch_size: int,
+    ) -> None:
+        self._connect = connect
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._stats = StoreStats()
+        self._stats_lock = threading.Lock()
+        self.running = False
+        self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, name=f"twinline-store-writer:{name}", daemon=True
+        )
+
+    # --- the caller's side (any thread) --------------------------------------------------
+
+    def start(self) -> None:
+        self.running = True
+        self._thread.start()
+
+    def put(self, write: Write) -> None:
+        self._queue.put(write)
+
+    def submit(self, what: str, fn: Callable[[Tx], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Op(fn, future, what))
+        return future
+
+    def barrier(self, *, stop: bool = False) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put(_Barrier(future, stop))
+        return future
+
+    @property
+    def stats(self) -> StoreStats:
+        with self._stats_lock:
+            return replace(self._stats, pending=self._queue.qsize())
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _count(self, **increments: int) -> None:
+        with self._stats_lock:
+            s = self._stats
+            self._stats = replace(s, **{k: getattr(s, k) + v for k, v in increments.items()})
+
+    def _run(self) -> None:
+        try:
+            session = self._connect()
+        except BaseException as e:  # noqa: BLE001 - handed to open(), which raises it
+            self.running = False
+            self.started.set_exception(e)
+            return
+        self.started.set_result(None)
+        stop: _Barrier | None = None
+        try:
+            stop = self._serve(session)
+        except BaseException:
+            log.exception("store: the writer stopped on an unexpected error")
+        finally:
+            self.running = False
+            session.close()
+            self._fail_leftovers()
+            if stop is not None:
+                _resolve(stop.future, None)
+
+    def _serve(self, session: Session) -> _Barrier:
+        """Serve the queue until a stop barrier; return it (resolved once closed)."""
+        batch: list[Write] = []
+        deadline = 0.0
+        carried: _Item | None = None  # taken from the queue while gathering operations
+        while True:
+            if carried is not None:
+                item, carried = carried, None
+            elif batch:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    self._commit_batch(session, batch)
+                    batch = []
+                    continue
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    self._commit_batch(session, batch)
+                    batch = []
+                    continue
+            else:
+                item = self._queue.get()
+
+            if isinstance(item, Write):
+                if not batch:
+                    deadline = time.monotonic() + self._flush_interval
+                batch.append(item)
+                if len(batch) >= self._batch_size:
+                    self._commit_batch(session, batch)
+                    batch = []
+                continue
+            # Anything else is ordered after the writes queued before it: commit them first.
+            if batch:
+                self._commit_batch(session, batch)
+                batch = []
+            if isinstance(item, _Op):
+                ops: list[_Op[Any]] = [item]
+                while len(ops) < self._batch_size:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(more, _Op):
+                        carried = more  # served next, after these are committed
+                        break
+                    ops.append(more)
+                self._run_ops(session, ops)
+            elif item.stop:
+                return item
+            else:
+                _resolve(item.future, None)
+
+    def _commit_batch(self, session: Session, batch: list[Write]) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                session.begin()
+                rows = 0
+                for write in batch:
+                    rows += max(session.tx.execute(write.sql, write.params), 0)
+                session.commit()
+            except Exception as e:
+                session.rollback()
+                failure = session.failure(e)
+                if failure is None:
+                    raise
+                if failure is Failure.BAD:
+                    log.warning(
+                        "store: a batch of %d writes failed (%s); committing them one by one",
+                        len(batch),
+                        e,
+                    )
+                    self._commit_one_by_one(session, batch)
+                    return
+                if failure is Failure.CONFLICT and attempt < session.attempts:
+                    self._count(retries=1)
+                    session.backoff(attempt)
+                    continue
+                reason = (
+                    session.conflict_reason
+                    if failure is Failure.CONFLICT
+                    else "the database is unreachable"
+                )
+                log.error(
+                    "store: dropped a batch of %d writes (%s%s): %s: %s",
+                    len(batch),
+                    ", ".join(w.what for w in batch[:_LOG_WRITES]),
+                    ", ..." if len(batch) > _LOG_WRITES else "",
+                    reason,
+                    e,
+                )
+                self._count(errors=1, dropped=len(batch))
+                return
+            self._count(batches=1, writes=len(batch), rows=rows)
+            return
+
+    def _commit_one_by_one(self, session: Session, batch: list[Write]) -> None:
+        """Commit a batch with each write in a savepoint, dropping only the writes that fail."""
+        written = rows = failed = 0
+        try:
+            session.begin()
+            for write in batch:
+                session.savepoint()
+                try:
+                    rows += max(session.tx.execute(write.sql, write.params), 0)
+                except Exception as e:
+                    if session.failure(e) is not Failure.BAD:
+                        raise
+                    session.rollback_to_savepoint()
+                    log.error("store: dropped a write (%s): %s", write.what, e)
+                    failed += 1
+                else:
+                    written += 1
+                session.release_savepoint()
+            session.commit()
+        except Exception as e:
+            session.rollback()
+            if session.failure(e) is None:
+                raise
+            log.error("store: dropped a batch of %d writes: %s", len(batch), e)
+            self._count(errors=1, dropped=len(batch))
+            return
+        self._count(batches=1, writes=written, rows=rows, errors=failed, dropped=failed)
+
+    def _op_error(self, session: Session, op: _Op[Any], e: BaseException) -> BaseException:
+        """What an immediate operation's caller gets when it failed with `e`."""
+        failure = session.failure(e)
+        if failure is None or not isinstance(e, session.driver_errors):
+            return e
+        error: StoreError
+        if failure is Failure.CONFLICT:
+            error = StoreBusy(f"{op.what}: {session.conflict_reason}: {e}")
+        elif failure is Failure.LOST:
+            error = StoreUnavailable(f"{op.what}: the database is unreachable: {e}")
+        else:
+            error = StoreError(f"{op.what}: {e}")
+        error.__cause__ = e
+        return error
+
+    def _run_ops(self, session: Session, ops: list[_Op[Any]]) -> None:
+        """Immediate operations queued together commit together (group commit): one
+        transaction, each operation in a savepoint of its own so that one that fails
+        is undone alone. Every result is handed out after the COMMIT, never before.
+
+        A takeover checkpoints thousands of calls to the database at once; one
+        transaction each would serialize them on the commit."""
+        ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
+        if not ops:
+            return  # their callers gave up before they started: nothing was done
+        attempt = 0
+        while True:
+            attempt += 1
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                session.begin()
+                for op in ops:
+                    session.savepoint()
+                    try:
+                        outcomes.append((True, op.fn(session.tx)))
+                    except Exception as e:
+                        cause, failure = _failure_within(session, e)
+                        if failure in (Failure.CONFLICT, Failure.LOST):
+                            raise _GroupFailed(cause, failure) from e
+                        session.rollback_to_savepoint()
+                        outcomes.append((False, self._op_error(session, op, e)))
+                    session.release_savepoint()
+                session.commit()
+            except Exception as e:  # noqa: BLE001 - handed to the callers, who raise it
+                session.rollback()
+                error = e.error if isinstance(e, _GroupFailed) else e
+                failure = e.failure if isinstance(e, _GroupFailed) else session.failure(e)
+                if failure is Failure.CONFLICT and attempt < session.attempts:
+                    self._count(retries=1)
+                    session.backoff(attempt)
+                    continue
+                for op in ops:
+                    op.future.set_exception(self._op_error(session, op, error))
+                return
+            except BaseException as e:  # noqa: BLE001 - handed to the callers, who raise it
+                session.rollback()
+                for op in ops:
+                    op.future.set_exception(e)
+                return
+            for op, (ok, value) in zip(ops, outcomes, strict=True):
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+            return
+
+    def _fail_leftovers(self) -> None:
+        """Fail whatever was queued after the writer stopped (nothing, when used as meant)."""
+        lost = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Write):
+                lost += 1
+            elif item.future.set_running_or_notify_cancel():
+                item.future.set_exception(StoreClosed("the store's writer has stopped"))
+        if lost:
+            log.error("store: %d writes queued after the writer stopped were dropped", lost)
+            self._count(errors=1, dropped=lost)
+
+
+def _failure_within(session: Session, error: BaseException) -> tuple[BaseException, Failure | None]:
+    """The database error in `error` and its failure (an operation may wrap a driver's
+    error in a `StoreError` that says which statement failed)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        failure = session.failure(seen)
+        if failure is not None:
+            return seen, failure
+        seen = seen.__cause__
+    return error, None

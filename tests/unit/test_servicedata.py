@@ -312,7 +312,7 @@ def test_the_longest_prefix_of_the_plan_rates_the_call(db: Path) -> None:
             },
             {"plan": "gold", "prefix": "336", "currency": "EUR", "per_minute": "0.01"},
         )
-        mobile = sd.find_rate(tx, "default", "+33612345678")
+        mobile = sd.find_rate(tx, "default", "+33612345678", "EUR")
         assert mobile is not None
         assert (mobile.prefix, mobile.tariff.per_minute, mobile.tariff.initial) == (
             "336",
@@ -322,13 +322,14 @@ def test_the_longest_prefix_of_the_plan_rates_the_call(db: Path) -> None:
         saturday = datetime(2026, 11, 7, 12, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
         assert mobile.tariff_at(saturday).per_minute == D("0.1")
         assert mobile.tariff_at(saturday).connect_fee == D("0.01")
-        fixed = sd.find_rate(tx, "default", "33123")
+        fixed = sd.find_rate(tx, "default", "33123", "EUR")
         assert fixed is not None and fixed.prefix == "33"
-        anywhere = sd.find_rate(tx, "default", "44207")
+        anywhere = sd.find_rate(tx, "default", "44207", "EUR")
         assert anywhere is not None and anywhere.prefix == ""
-        gold = sd.find_rate(tx, "gold", "33612")
+        gold = sd.find_rate(tx, "gold", "33612", "EUR")
         assert gold is not None and gold.tariff.per_minute == D("0.01")
-        assert sd.find_rate(tx, "gold", "44") is None
+        assert sd.find_rate(tx, "gold", "44", "EUR") is None
+        assert sd.find_rate(tx, "default", "33612", "USD") is None  # not the account's money
 
     tx_run(db, work)
 

@@ -577,6 +577,13 @@ def reserve(
     if existing is not None and existing.account_id != account_id:
         raise DataError(f"call {call_id}: reserved on account {existing.account_id}")
     new_call = existing is None
+    # An extension takes the reservation's row lock before the account's, in the order
+    # `settle` takes them, so the two cannot deadlock on PostgreSQL.
+    if not new_call and not tx.execute(
+        "UPDATE reservations SET amount = amount WHERE call_id = ? AND released_at IS NULL",
+        (call_id,),
+    ):
+        raise DataError(f"call {call_id}: its reservation was already settled")
     for _ in range(_RESERVE_ATTEMPTS):
         account = get_account(tx, account_id)
         if account is None:
@@ -760,15 +767,15 @@ def _rate(tx: Tx, row: Row) -> Rate:
     )
 
 
-def find_rate(tx: Tx, plan: str, destination: str) -> Rate | None:
-    """The rate of the plan whose prefix is the longest that starts `destination`
-    (an empty prefix matches every destination), or None."""
+def find_rate(tx: Tx, plan: str, destination: str, currency: str) -> Rate | None:
+    """The plan's rate in `currency` (the account's) whose prefix is the longest that
+    starts `destination` (an empty prefix matches every destination), or None."""
     prefixes = _prefixes(destination)
     row = tx.fetchone(
         f"SELECT {_RATE_COLUMNS} FROM rates"
-        f" WHERE plan = ? AND prefix IN ({', '.join('?' * len(prefixes))})"
+        f" WHERE plan = ? AND currency = ? AND prefix IN ({', '.join('?' * len(prefixes))})"
         " ORDER BY LENGTH(prefix) DESC LIMIT 1",
-        (plan, *prefixes),
+        (plan, currency, *prefixes),
     )
     return None if row is None else _rate(tx, row)
 

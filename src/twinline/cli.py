@@ -218,6 +218,67 @@ def handover(server: str, as_json: bool, config_path: str | None) -> None:
     )
 
 
+@main.group()
+def db() -> None:
+    """The database: its schema version and migrations."""
+
+
+@db.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def db_status(config_path: str | None, as_json: bool) -> None:
+    """Show the database's schema version and the migrations it lacks."""
+    import json as json_  # noqa: PLC0415
+
+    from twinline.store import StoreError, display_url  # noqa: PLC0415
+    from twinline.store.admin import schema_status  # noqa: PLC0415
+
+    database = _load(config_path).database
+    where = display_url(database.url)
+    try:
+        found = schema_status(database)
+    except StoreError as e:
+        raise click.ClickException(f"database {where}: {e}") from None
+    if as_json:
+        click.echo(json_.dumps({
+            "database": where, "version": found.version, "known": found.known,
+            "applied": [{"version": v, "description": d, "applied_at": at}
+                        for v, d, at in found.applied],
+            "pending": [{"version": m.version, "description": m.description}
+                        for m in found.pending],
+        }, indent=2))  # fmt: skip
+        return
+    click.echo(f"database {where}: schema version {found.version} (this twinline: {found.known})")
+    for version, description, _ in found.applied:
+        click.echo(f"  applied  {version}: {description}")
+    for m in found.pending:
+        click.echo(f"  pending  {m.version}: {m.description}")
+    if found.too_new:
+        raise click.ClickException("the database is newer than this twinline: upgrade twinline")
+    if found.pending:
+        click.echo("run `twinline db migrate` to apply them (every process also does at start)")
+
+
+@db.command("migrate")
+@config_option
+def db_migrate(config_path: str | None) -> None:
+    """Apply the migrations the database lacks, in one transaction; safe while twinline
+    runs and beside other migrators."""
+    from twinline.store import StoreError, display_url  # noqa: PLC0415
+    from twinline.store.admin import migrate_database  # noqa: PLC0415
+
+    database = _load(config_path).database
+    where = display_url(database.url)
+    try:
+        done = migrate_database(database)
+    except StoreError as e:
+        raise click.ClickException(f"database {where}: {e}") from None
+    if done.found == done.now:
+        click.echo(f"database {where}: at schema version {done.now}, nothing to apply")
+    else:
+        click.echo(f"database {where}: schema migrated from version {done.found} to {done.now}")
+
+
 cli_data.register(main)  # accounts, rates, cards, numbers, holidays, forwarding, screening
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def _with_store(config_path: str | None, fn: Callable[[Store], Awaitable[T]]) ->
         raise click.ClickException(f"configuration error: {e}") from None
 
     async def main() -> T:
-        store = await open_database(config.database.url)
+        store = await open_database(config.database)
         try:
             return await fn(store)
         finally:

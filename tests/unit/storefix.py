@@ -12,8 +12,10 @@ from typing import Any, Protocol, TypeVar
 import psycopg
 
 from twinline.store import ActiveCall, Cdr, SqliteStore, Store
-from twinline.store.postgres import PgSettings, PostgresStore
+from twinline.store.backend import Backend
+from twinline.store.postgres import PgBackend, PgSettings, PostgresStore
 from twinline.store.sql import Dialect, render
+from twinline.store.sqlite import SqliteBackend
 
 T = TypeVar("T")
 
@@ -87,6 +89,14 @@ class Db:
     def store(self, **options: Any) -> Store:
         raise NotImplementedError
 
+    def backend(self) -> Backend:
+        """What the store and `twinline db` use: write sessions, migrations."""
+        raise NotImplementedError
+
+    def toml(self, tmp_path: Path) -> str:
+        """A [database] section that reaches this database (a password in a file)."""
+        raise NotImplementedError
+
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> None:
         raise NotImplementedError
 
@@ -120,6 +130,12 @@ class SqliteDb(Db):
 
     def store(self, **options: Any) -> Store:
         return SqliteStore(self.path, **options)
+
+    def backend(self) -> Backend:
+        return SqliteBackend(self.path, busy_timeout=5.0)
+
+    def toml(self, tmp_path: Path) -> str:
+        return f'[database]\nurl = "sqlite:///{self.path}"\n'
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5, isolation_level=None)
@@ -155,6 +171,14 @@ class PgDb(Db):
     def store(self, **options: Any) -> Store:
         pg = {k: options.pop(k) for k in ("pool_size", "statement_timeout") if k in options}
         return PostgresStore(self.settings(**pg), **options)
+
+    def backend(self) -> Backend:
+        return PgBackend(self.settings())
+
+    def toml(self, tmp_path: Path) -> str:
+        secret = tmp_path / "db-password"
+        secret.write_text(self.password + "\n")
+        return f'[database]\nurl = "{self.url}"\npassword_file = "{secret}"\n'
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, password=self.password, autocommit=True)

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from storefix import (
     DEBIT,
     Db,
@@ -22,7 +26,17 @@ from storefix import (
     run,
 )
 
-from twinline.store import Cdr, SchemaTooNew, Store, StoreClosed, StoreError, Tx
+from twinline.cli import main
+from twinline.store import (
+    Cdr,
+    SchemaTooNew,
+    SideEffect,
+    Store,
+    StoreClosed,
+    StoreError,
+    Tx,
+    migrate,
+)
 from twinline.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 
@@ -388,3 +402,112 @@ def test_checkpoints_save_load_and_drop_and_never_go_back(db: Db) -> None:
             assert await store.load_checkpoint("call-2") is None
 
     run(main())
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+def test_status_and_migrate_from_an_empty_database(db: Db) -> None:
+    backend = db.backend()
+    session = backend.connect()
+    try:
+        empty = migrate.status(session)
+        assert (empty.version, empty.known, empty.applied) == (0, SCHEMA_VERSION, ())
+        assert empty.pending == MIGRATIONS
+        assert backend.migrate(session) == migrate.Migrated(0, SCHEMA_VERSION)
+        assert backend.migrate(session) == migrate.Migrated(SCHEMA_VERSION, SCHEMA_VERSION)
+        done = migrate.status(session)
+    finally:
+        session.close()
+    assert done.version == SCHEMA_VERSION
+    assert [a[0] for a in done.applied] == [m.version for m in MIGRATIONS]
+    assert done.pending == ()
+
+
+def test_migrating_from_version_1_keeps_its_data(db: Db, caplog: pytest.LogCaptureFixture) -> None:
+    """The schema as it was released first (version 1), with data in it, brought up to
+    date by a process opening it."""
+    backend = db.backend()
+    session = backend.connect()
+    try:
+        assert backend.migrate(session, upto=1) == migrate.Migrated(0, 1)
+        old = migrate.status(session)
+    finally:
+        session.close()
+    assert old.version == 1
+    assert old.pending == MIGRATIONS[1:]
+    db.execute(
+        "INSERT INTO side_effects (key, call_id, kind, applied_at, result)"
+        " VALUES ('c1/debit/1', 'c1', 'debit', 1.5, '30')"
+    )
+
+    async def reopen() -> SideEffect | None:
+        async with db.store() as store:
+            return await store.side_effect("c1/debit/1")
+
+    with caplog.at_level(logging.INFO, logger="twinline.store"):
+        effect = run(reopen())
+    assert effect is not None
+    assert (effect.call_id, effect.result) == ("c1", "30")
+    if SCHEMA_VERSION > 1:
+        assert f"schema migrated from version 1 to {SCHEMA_VERSION}" in caplog.text
+    versions = db.rows("SELECT version FROM schema_version ORDER BY version")
+    assert versions == [(m.version,) for m in MIGRATIONS]
+
+
+def test_concurrent_migrators_apply_each_migration_once(db: Db) -> None:
+    """Eight processes' worth of migrators on one empty database at once: one applies
+    everything, the others find it done (PostgreSQL: the advisory lock; SQLite: the
+    file's write lock)."""
+    backend = db.backend()
+    start = threading.Barrier(8)
+
+    def migrator() -> migrate.Migrated:
+        session = backend.connect()
+        try:
+            start.wait()
+            return backend.migrate(session)
+        finally:
+            session.close()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: migrator(), range(8)))
+    assert results.count(migrate.Migrated(0, SCHEMA_VERSION)) == 1
+    assert results.count(migrate.Migrated(SCHEMA_VERSION, SCHEMA_VERSION)) == 7
+    versions = db.rows("SELECT version FROM schema_version ORDER BY version")
+    assert versions == [(m.version,) for m in MIGRATIONS]
+
+
+def test_twinline_db_status_and_migrate(db: Db, tmp_path: Path) -> None:
+    config = tmp_path / "twinline.toml"
+    config.write_text(db.toml(tmp_path))
+    cli = CliRunner()
+
+    status = cli.invoke(main, ["db", "status", "--config", str(config)])
+    assert status.exit_code == 0, status.output
+    assert f"schema version 0 (this twinline: {SCHEMA_VERSION})" in status.output
+    assert f"pending  1: {MIGRATIONS[0].description}" in status.output
+    assert "password" not in status.output
+
+    migrated = cli.invoke(main, ["db", "migrate", "--config", str(config)])
+    assert migrated.exit_code == 0, migrated.output
+    assert f"schema migrated from version 0 to {SCHEMA_VERSION}" in migrated.output
+    again = cli.invoke(main, ["db", "migrate", "--config", str(config)])
+    assert f"at schema version {SCHEMA_VERSION}, nothing to apply" in again.output
+
+    as_json = cli.invoke(main, ["db", "status", "--json", "--config", str(config)])
+    found = json.loads(as_json.output)
+    assert (found["version"], found["known"], found["pending"]) == (
+        SCHEMA_VERSION,
+        SCHEMA_VERSION,
+        [],
+    )
+    assert [a["version"] for a in found["applied"]] == [m.version for m in MIGRATIONS]
+
+    db.execute("INSERT INTO schema_version VALUES (?, 'from the future', 0)", (SCHEMA_VERSION + 1,))
+    newer = cli.invoke(main, ["db", "status", "--config", str(config)])
+    assert newer.exit_code == 1
+    assert "newer than this twinline" in newer.output
+    refused = cli.invoke(main, ["db", "migrate", "--config", str(config)])
+    assert refused.exit_code == 1
+    assert "newer than this twinline supports" in refused.output

@@ -42,6 +42,7 @@ from twinline.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from twinline.config import Database
+    from twinline.store.postgres import PgSettings
 
 __all__ = [
     "ActiveCall",
@@ -64,7 +65,9 @@ __all__ = [
     "StoreStats",
     "StoreUnavailable",
     "Tx",
+    "display_url",
     "open_store",
+    "pg_settings",
     "sqlite_path",
 ]
 
@@ -101,28 +104,36 @@ def open_store(database: str | Database) -> Store:
     ``sqlite:///FILE`` or ``postgresql://...`` (libpq's URL, multi-host included).
     """
     url = database if isinstance(database, str) else database.url
+    if _scheme(url) == "sqlite":
+        return SqliteStore(sqlite_path(url))
+    from twinline.store.postgres import PostgresStore  # noqa: PLC0415 - psycopg when used
+
+    return PostgresStore(pg_settings(database))
+
+
+def pg_settings(database: str | Database) -> PgSettings:
+    """How to reach the PostgreSQL database a URL (or `[database]`) names; the password
+    from the environment or the password file, never from the configuration itself."""
+    from twinline.store.postgres import PgSettings, password_from  # noqa: PLC0415
+
+    if isinstance(database, str):
+        return PgSettings(database, password=password_from(None))
+    return PgSettings(
+        database.url,
+        pool_size=database.pool_size,
+        connect_timeout=database.connect_timeout,
+        statement_timeout=database.statement_timeout,
+        sslmode=database.sslmode,
+        password=password_from(database.password_file),
+    )
+
+
+def _scheme(url: str) -> str:
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
-        return SqliteStore(sqlite_path(url))
+        return "sqlite"
     if scheme in ("postgresql", "postgres"):
-        from twinline.store.postgres import (  # noqa: PLC0415 - psycopg only when used
-            PgSettings,
-            PostgresStore,
-            password_from,
-        )
-
-        if isinstance(database, str):
-            return PostgresStore(PgSettings(url, password=password_from(None)))
-        return PostgresStore(
-            PgSettings(
-                url,
-                pool_size=database.pool_size,
-                connect_timeout=database.connect_timeout,
-                statement_timeout=database.statement_timeout,
-                sslmode=database.sslmode,
-                password=password_from(database.password_file),
-            )
-        )
+        return "postgresql"
     raise StoreError(
         f"{url!r}: unknown database URL scheme {scheme!r}; use sqlite:///FILE or postgresql://"
     )

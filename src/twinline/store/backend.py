@@ -42,9 +42,9 @@ class Backend(abc.ABC):
     def connect(self) -> Session:
         """A new write session (blocks: call it on the writer thread or another thread)."""
 
-    def migrate(self, session: Session) -> migrate.Migrated:
-        """Bring the schema up to date on `session` (on the writer thread)."""
-        return migrate.migrate(session)
+    def migrate(self, session: Session, *, upto: int | None = None) -> migrate.Migrated:
+        """Bring the schema up to date (or to version `upto`) on `session`."""
+        return migrate.migrate(session, upto=upto)
 
     @abc.abstractmethod
     async def open_reads(self) -> None:

@@ -181,11 +181,11 @@ class SqliteBackend(Backend):
     def connect(self) -> SqliteSession:
         return SqliteSession(self.path, self.busy_timeout)
 
-    def migrate(self, session: Session) -> migrate.Migrated:
+    def migrate(self, session: Session, *, upto: int | None = None) -> migrate.Migrated:
         # Safe against other processes opening the same new file at the same time: the
         # version is read and the migrations applied under the write lock.
         try:
-            return _while_busy(lambda: migrate.migrate(session), self.busy_timeout)
+            return _while_busy(lambda: migrate.migrate(session, upto=upto), self.busy_timeout)
         except sqlite3.Error as e:
             raise StoreError(f"cannot migrate the database {str(self.path)!r}: {e}") from e
 

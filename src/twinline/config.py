@@ -89,6 +89,11 @@ class SwitchConfig(_Section, frozen=True):
     # No answered call lasts longer (seconds): the switch sends BYE both ways, cause
     # "max-duration". 0: no limit but what a service's route gives.
     max_call_duration: float = 0.0
+    # RFC 4028 session timers on both legs of every call: the interval (seconds) the
+    # switch asks for and grants at most (0: off), and the shortest it accepts (Min-SE;
+    # shorter asks get 422). A party gone without a BYE holds a call one interval at most.
+    session_expires: int = 1800
+    min_se: int = 90
     limits: Limits = msgspec.field(default_factory=Limits)
     timers: Timers = msgspec.field(default_factory=Timers)
     dns: Dns = msgspec.field(default_factory=Dns)
@@ -291,6 +296,13 @@ def _check(config: Config) -> None:
     ):
         if not fvalue > 0:
             fail(key, f"{fvalue} must be greater than 0")
+    if not 1 <= sw.min_se <= 86400:
+        fail("switch.min_se", f"{sw.min_se} is out of range (1 to 86400; RFC 4028 says 90)")
+    if sw.session_expires and not sw.min_se <= sw.session_expires <= 86400:
+        fail(
+            "switch.session_expires",
+            f"{sw.session_expires} is out of range (min_se {sw.min_se} to 86400; 0: off)",
+        )
     if sw.max_call_duration < 0:
         fail("switch.max_call_duration", f"{sw.max_call_duration} must not be negative (0: none)")
     for key, fvalue, fhigh in (

@@ -26,6 +26,7 @@ from twinline.switch.b2bua import SwitchCore
 from twinline.switch.control import PlanControl
 from twinline.switch.registrar import Binding, LocationService
 from twinline.switch.routing import RoutingPlan
+from twinline.switch.session_timer import SessionConfig
 from twinline.timers import TimerHeap
 
 Address = tuple[str, str, int]
@@ -252,6 +253,8 @@ class Switch:
     location: LocationService = field(init=False)
     clock: Clock = field(init=False)
     outbox: list[tuple[Address, bytes]] = field(default_factory=list)
+    # RFC 4028 session timers: off unless a test turns them on.
+    session: SessionConfig | None = None
 
     def __post_init__(self) -> None:
         self.config = load_config_text(self.config_text)
@@ -268,6 +271,7 @@ class Switch:
             retry_after=sw.retry_after,
             no_answer_timeout=sw.no_answer_timeout,
             max_call_duration=sw.max_call_duration,
+            session=self.session,
         )
         self.core.control = PlanControl(RoutingPlan(self.config, self.location), self.core)
         self.clock = Clock(self.core.timers, self.core.fire_timers)

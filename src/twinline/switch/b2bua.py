@@ -45,15 +45,23 @@ from twinline.sip.transaction import (
     Transaction,
     TransactionLayer,
 )
-from twinline.switch.call import Attempt, Call, CallState, Leg, Relay, Side
+from twinline.switch.call import Attempt, Call, CallState, Leg, Refresh, Relay, Side
 from twinline.switch.control import CallControl
 from twinline.switch.routing import DestinationOptions, Target, address_of_uri, format_host
+from twinline.switch.session_timer import (
+    IntervalTooSmall,
+    LegSession,
+    SessionConfig,
+    negotiate_as_uac,
+    negotiate_as_uas,
+    request_headers,
+)
 from twinline.timers import TimerHeap
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REGISTER, NOTIFY, REFER"
-# Extensions this B2BUA can honour when a caller *requires* them: none yet
-# (100rel and session timers would need the switch to take part in them).
-SUPPORTED: frozenset[str] = frozenset()
+# Extensions this B2BUA can honour when a caller *requires* them (100rel would need
+# the switch to take part in reliable provisional responses: not yet).
+SUPPORTED: frozenset[str] = frozenset(["timer"])
 # Headers of the caller's INVITE that the callee's INVITE carries too; the rest
 # (Via, Route, Contact, tags, Call-ID, ...) belong to one hop or one dialog only.
 PASSED_ON_INVITE = frozenset(
@@ -102,6 +110,7 @@ class SwitchStats:
     calls_overload_rejected: int = 0
     calls_completed: int = 0
     routes_refused: int = 0  # a route command for a call not waiting for one
+    calls_session_expired: int = 0  # released: a leg's session timer ran out (RFC 4028)
     calls_cut_at_max_duration: int = 0  # released by the switch at their maximum duration
     requests: Counter[str] = field(default_factory=Counter)  # received, by method
     responses: Counter[int] = field(default_factory=Counter)  # received, by status code
@@ -135,6 +144,7 @@ class SwitchCore:
         max_call_duration: float = 0.0,
         registrar: Registrar | None = None,
         call_id_prefix: str = "c",
+        session: SessionConfig | None = None,
     ) -> None:
         """`local` maps each transport ("udp", "tcp") to the host and port the switch
         advertises for it in Via and Contact."""
@@ -147,6 +157,7 @@ class SwitchCore:
         self.retry_after = retry_after
         self.no_answer_timeout = no_answer_timeout
         self.max_call_duration = max_call_duration  # 0: calls may last as long as they do
+        self.session = session or SessionConfig()  # RFC 4028; off unless configured
         self.registrar = registrar
         self.control: CallControl | None = None
         self.calls: dict[str, Call] = {}
@@ -265,6 +276,8 @@ class SwitchCore:
                     self._end(owner, now)
         elif isinstance(owner, Relay):
             self._relay_response(owner, txn, resp, now)
+        elif isinstance(owner, Refresh):
+            self._refresh_response(owner, txn, resp, now)
 
     def stray_response(self, resp: Response, source: Address, now: float) -> None:
         # A 2xx to one of our INVITEs after its transaction ended: our ACK was lost.
@@ -292,6 +305,9 @@ class SwitchCore:
                 )
                 self._respond(owner.origin, owner.origin.request, status, reason)
             owner.call.reinvite_pending = False
+            return
+        if isinstance(owner, Refresh):
+            self._refresh_failed(owner, now)
             return
         if not isinstance(owner, Call):
             return
@@ -422,8 +438,14 @@ class SwitchCore:
                 raise SipParseError("Missing Contact header")
             remote_target = parse_name_addr(contact_value).uri
             parse_uri(remote_target)
+            session = negotiate_as_uas(req, self.session)
         except SipParseError as e:
             self._respond(txn, req, e.status, e.reason, tag=True)
+            return
+        except IntervalTooSmall as e:
+            self._respond(
+                txn, req, 422, "Session Interval Too Small", [("Min-SE", str(e.min_se))], tag=True
+            )
             return
         self._respond(txn, req, 100, "Trying")
         self.stats.calls_offered += 1
@@ -442,6 +464,7 @@ class SwitchCore:
             address=txn.address,
             remote_cseq=req.cseq,
             secure=req.uri[:5].lower() == "sips:",
+            session=session,
         )
         call = Call(
             id=f"{self._id_prefix}{next(self._ids)}",
@@ -485,6 +508,7 @@ class SwitchCore:
             address=target.address,
             local_cseq=1,
             secure=target.uri[:5].lower() == "sips:",
+            local_sdp=a_req.body,
         )
         if call.b is not None:
             self.dialogs.pop((call.b.call_id, call.b.local_tag), None)
@@ -513,6 +537,7 @@ class SwitchCore:
             headers.append(("P-Asserted-Identity", presented))
             passed = passed - {"P-Asserted-Identity", "P-Preferred-Identity"}
         headers.extend((n, v) for n, v in a_req.headers if n in passed)
+        headers.extend(request_headers(self.session, call.b_session_expires))
         invite = Request("INVITE", target.uri, headers, a_req.body)
         invite.call_id = b_call_id
         invite.cseq = 1
@@ -554,6 +579,8 @@ class SwitchCore:
             return
         if status < 300:
             self._callee_answered(call, resp, now)
+            return
+        if status == 422 and self._session_retry(call, resp):
             return
         reason = resp.reason
         if status == 503:
@@ -602,7 +629,13 @@ class SwitchCore:
             call.deadline = self.timers.schedule(
                 now + call.max_duration, lambda t: self._max_duration_reached(call, t)
             )
-        self._relay_to_caller(call, resp, contact=True)
+        b.session = self._session_of_answer(resp, call.b_session_expires, None)
+        a_session = call.a.session
+        self._relay_to_caller(
+            call, resp, contact=True, extra=a_session.response_headers() if a_session else None
+        )
+        for leg in (call.a, b):
+            self._session_start(call, leg, now)
         if self.control is not None:
             self.control.answered(call, now)
 
@@ -654,6 +687,123 @@ class SwitchCore:
             self.stats.calls_cut_at_max_duration += 1
             self._release(call, Ending.SWITCH, now, cause="max-duration")
 
+    # --- session timers (RFC 4028; the negotiation is in session_timer.py) ---------------
+    def _session_of_answer(
+        self, resp: Response, asked: int, previous: LegSession | None
+    ) -> LegSession | None:
+        """A leg's session timer from the 2xx to our INVITE there; a malformed
+        Session-Expires counts as none (we refresh)."""
+        try:
+            return negotiate_as_uac(
+                resp, self.session, asked or self.session.session_expires, previous
+            )
+        except SipParseError:
+            return negotiate_as_uac(Response(200, "OK", []), self.session, asked, previous)
+
+    def _session_start(self, call: Call, leg: Leg, now: float) -> None:
+        """A new interval on `leg` begins now (an answer, a refresh's 2xx)."""
+        session = leg.session
+        if session is None:
+            return
+        session.cancel()
+        session.started = now
+        session.refresh_sent = False
+        session.timer = self.timers.schedule(
+            session.next_deadline(), lambda t: self._session_due(call, leg, session, t)
+        )
+
+    def _session_due(self, call: Call, leg: Leg, session: LegSession, now: float) -> None:
+        if leg.session is not session or call.state is not CallState.ANSWERED:
+            return
+        session.timer = None
+        if session.we_refresh and not session.refresh_sent:
+            session.refresh_sent = True
+            self._refresh(call, leg, now)
+            session.timer = self.timers.schedule(
+                session.next_deadline(), lambda t: self._session_due(call, leg, session, t)
+            )
+            return
+        self.stats.calls_session_expired += 1
+        self._release(call, Ending.SWITCH, now, cause="session-expired")
+
+    def _refresh(self, call: Call, leg: Leg, now: float) -> None:
+        """Refresh `leg`'s session (RFC 4028 7.4): UPDATE without a body when the peer
+        allows it, else a re-INVITE offering again the SDP it last had from us."""
+        session = leg.session
+        assert session is not None
+        headers = [("Session-Expires", session.request_value()), ("Supported", "timer")]
+        invite = not session.use_update and bool(leg.local_sdp)
+        if invite and call.reinvite_pending:
+            # An offer is under way: its 2xx refreshes the leg too, or our guard ends it.
+            return
+        if invite:
+            headers.append(("Content-Type", "application/sdp"))
+        out = leg.build_request(
+            "INVITE" if invite else "UPDATE",
+            self._via(leg.address[0]),
+            self._contact(leg.address[0], leg.secure),
+            headers=headers,
+            body=leg.local_sdp if invite else b"",
+        )
+        if invite:
+            leg.invite_cseq = out.cseq
+            call.reinvite_pending = True
+        self.layer.send_request(out, leg.address, now, owner=Refresh(call, leg))
+
+    def _refresh_response(
+        self, refresh: Refresh, txn: ClientTransaction, resp: Response, now: float
+    ) -> None:
+        call, leg = refresh.call, refresh.leg
+        status = resp.status
+        invite = resp.cseq_method == "INVITE"
+        if status < 200 or refresh.answered:
+            if refresh.answered and invite and status < 300:
+                self._send_ack(leg, b"", None)  # our ACK was lost: the 2xx came again
+            return
+        refresh.answered = True
+        if invite:
+            call.reinvite_pending = False
+        if call.state is not CallState.ANSWERED or leg.session is None:
+            if invite and status < 300:
+                self._send_ack(leg, b"", None)
+            return
+        if status < 300:
+            if invite:
+                self._send_ack(leg, b"", None)
+            previous = leg.session
+            previous.cancel()
+            leg.session = self._session_of_answer(resp, previous.interval, previous)
+            self._session_start(call, leg, now)
+        elif status in (408, 481):
+            # RFC 4028 10: the dialog is gone on that side.
+            self._refresh_failed(refresh, now)
+        elif status in (405, 501) and not invite and leg.local_sdp:
+            leg.session.use_update = False  # it does not take UPDATE: re-INVITE at once
+            self._refresh(call, leg, now)
+        # Anything else (491, 5xx): the guard at the interval's end stands.
+
+    def _refresh_failed(self, refresh: Refresh, now: float) -> None:
+        call = refresh.call
+        if refresh.leg.session is not None and call.state is CallState.ANSWERED:
+            self.stats.calls_session_expired += 1
+            self._release(call, Ending.SWITCH, now, cause="session-expired")
+
+    def _session_retry(self, call: Call, resp: Response) -> bool:
+        """A 422 from the callee: try the same target again with its Min-SE as our
+        interval (RFC 4028 7.3), once."""
+        value = resp.get("Min-SE")
+        target = call.target
+        if not self.session.enabled or value is None or target is None:
+            return False
+        floor = value.partition(";")[0].strip()
+        asked = call.b_session_expires or self.session.session_expires
+        if not floor.isascii() or not floor.isdigit() or not asked < int(floor) <= 86400:
+            return False
+        call.b_session_expires = int(floor)
+        call.targets = (target, *call.targets)
+        self._callee_failed(call, 422, "Session Interval Too Small", self._now)
+        return True
+
     def _no_answer(self, call: Call, now: float) -> None:
         call.no_answer = None
         if call.state not in (CallState.CALLING, CallState.RINGING):
@@ -663,10 +813,21 @@ class SwitchCore:
         self._abandon_attempt(call, now)
         self._callee_failed(call, 480, "No Answer", now)
 
-    def _relay_to_caller(self, call: Call, resp: Response, *, contact: bool) -> None:
+    def _relay_to_caller(
+        self,
+        call: Call,
+        resp: Response,
+        *,
+        contact: bool,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
         headers = [(n, v) for n, v in resp.headers if n in PASSED_ON_RESPONSE]
         if contact:
             headers.insert(0, ("Contact", self._contact(call.a.address[0], call.a.secure)))
+        if extra:
+            headers.extend(extra)
+        if resp.body and resp.status < 300:
+            call.a.local_sdp = resp.body
         setup = call.setup
         out = response_to(
             setup.request, resp.status, resp.reason,
@@ -716,6 +877,9 @@ class SwitchCore:
         if call.deadline is not None:
             call.deadline.cancel()
             call.deadline = None
+        for leg in (call.a, call.b):
+            if leg is not None and leg.session is not None:
+                leg.session.cancel()
         call.state = CallState.ENDED
         call.ended_at = now
         self.calls.pop(call.id, None)
@@ -767,19 +931,39 @@ class SwitchCore:
             else:
                 self._respond(txn, req, 481, "Call/Transaction Does Not Exist")
             return
+        renewed = None
+        if method in ("INVITE", "UPDATE") and leg.session is not None:
+            # A refresh of this leg's session, maybe renegotiated (RFC 4028 9).
+            try:
+                renewed = negotiate_as_uas(req, self.session)
+            except SipParseError as e:
+                self._respond(txn, req, e.status, e.reason)
+                return
+            except IntervalTooSmall as e:
+                self._respond(
+                    txn, req, 422, "Session Interval Too Small", [("Min-SE", str(e.min_se))]
+                )
+                return
         if method == "INVITE":
             if call.reinvite_pending:
                 self._respond(txn, req, 491, "Request Pending")
                 return
             call.reinvite_pending = True
         headers = [(n, v) for n, v in req.headers if n in PASSED_IN_DIALOG]
+        if method in ("INVITE", "UPDATE") and other.session is not None:
+            # It refreshes the other leg's session too: say so, with that leg's terms.
+            headers += [("Session-Expires", other.session.request_value()), ("Supported", "timer")]
         out = other.build_request(
             method, self._via(other.address[0]), self._contact(other.address[0], other.secure),
             headers=headers, body=req.body,
         )  # fmt: skip
         if method == "INVITE":
             other.invite_cseq = out.cseq
-        self.layer.send_request(out, other.address, now, owner=Relay(txn, call, other))
+        if req.body:
+            other.local_sdp = req.body
+        self.layer.send_request(
+            out, other.address, now, owner=Relay(txn, call, other, renewed=renewed)
+        )
 
     def _relay_response(
         self, relay: Relay, txn: ClientTransaction, resp: Response, now: float
@@ -802,6 +986,20 @@ class SwitchCore:
             headers.insert(0, ("Contact", self._contact(origin.address[0], leg.secure)))
         if resp.status >= 200:
             call.reinvite_pending = call.reinvite_pending and method != "INVITE"
+        if method in ("INVITE", "UPDATE") and resp.status // 100 == 2:
+            origin_leg = call.other(relay.leg)
+            if origin_leg is not None and origin_leg.session is not None:
+                origin_leg.session.cancel()
+                origin_leg.session = relay.renewed or origin_leg.session
+                headers += origin_leg.session.response_headers()
+                self._session_start(call, origin_leg, now)
+                if resp.body:
+                    origin_leg.local_sdp = resp.body
+            if relay.leg.session is not None:
+                previous = relay.leg.session
+                previous.cancel()
+                relay.leg.session = self._session_of_answer(resp, previous.interval, previous)
+                self._session_start(call, relay.leg, now)
         if method == "INVITE" and resp.status // 100 == 2:
             if origin.request.body:
                 self._send_ack(relay.leg, b"", None)
@@ -813,6 +1011,8 @@ class SwitchCore:
     def _send_ack(self, leg: Leg, body: bytes, content_type: str | None) -> None:
         """ACK a 2xx on `leg` (RFC 3261 13.2.2.4): a new branch, the INVITE's CSeq number."""
         leg.ack_held = False
+        if body:
+            leg.local_sdp = body
         headers = [("Content-Type", content_type)] if content_type and body else None
         ack = leg.build_request(
             "ACK", self._via(leg.address[0]), "", headers=headers, body=body, cseq=leg.invite_cseq

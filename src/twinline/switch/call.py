@@ -27,6 +27,7 @@ from twinline.sip.transaction import (
     ServerTransaction,
 )
 from twinline.switch.routing import Target
+from twinline.switch.session_timer import LegSession
 from twinline.timers import Timer
 
 
@@ -67,6 +68,10 @@ class Leg:
     ack_held: bool = False
     # A SIPS dialog (RFC 3261 26.2): our Contact on it is a SIPS URI.
     secure: bool = False
+    # Its RFC 4028 session timer, if session timers are on; and the SDP this side last
+    # had from us, which a refreshing re-INVITE offers again unchanged.
+    session: LegSession | None = None
+    local_sdp: bytes = b""
 
     def build_request(
         self,
@@ -123,6 +128,18 @@ class Relay:
     origin: ServerTransaction
     call: Call
     leg: Leg  # the leg the request went out on
+    # A re-INVITE or UPDATE renegotiates its sender's session timer: the new terms,
+    # applied when the other side accepts it.
+    renewed: LegSession | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Refresh:
+    """A session refresh the switch sent on `leg` (RFC 4028), awaiting its answer."""
+
+    call: Call
+    leg: Leg
+    answered: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -153,6 +170,9 @@ class Call:
     ended_at: float | None = None
     cause: str = ""  # why it ended: "caller-bye", "callee-bye", "cancelled", "486 ..."
     reinvite_pending: bool = False
+    # The session interval our INVITE to the callee asks for, when a 422 raised it
+    # above the configured one (RFC 4028 7.3); 0: the configured one.
+    b_session_expires: int = 0
 
     @property
     def setup(self) -> ServerInviteTransaction:

@@ -40,6 +40,7 @@ from twinline.switch.b2bua import SwitchCore
 from twinline.switch.control import PlanControl
 from twinline.switch.registrar import LocationService, Registrar
 from twinline.switch.routing import RoutingPlan
+from twinline.switch.session_timer import SessionConfig
 from twinline.tls import link_contexts, sip_client_context, sip_server_context
 
 log = logging.getLogger("twinline.switch")
@@ -130,6 +131,7 @@ class SwitchServer:
             retry_after=sw.retry_after,
             no_answer_timeout=sw.no_answer_timeout,
             max_call_duration=sw.max_call_duration,
+            session=SessionConfig(sw.session_expires, sw.min_se),
             registrar=registrar,
             # Time-ordered and unique per start: c<start time in ms, base 36>-<n>.
             call_id_prefix=f"c{_base36(time.time_ns() // 1_000_000)}-",
@@ -338,6 +340,7 @@ class SwitchServer:
                 "overload_rejected": s.calls_overload_rejected,
                 "routes_refused": s.routes_refused,
                 "cut_at_max_duration": s.calls_cut_at_max_duration,
+                "session_expired": s.calls_session_expired,
             },
             "sip": {
                 "received": s.received,

@@ -13,9 +13,10 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
+from storefix import Db, PgDb, SqliteDb
 
 from twinline.services.rating import Tariff, authorize, cost, duration_for
-from twinline.store import SqliteStore, Tx
+from twinline.store import Store, Tx
 from twinline.store import datatables as dt
 from twinline.store import servicedata as sd
 from twinline.store.schema import MIGRATIONS, statements_for
@@ -25,23 +26,16 @@ D = Decimal
 NOW = 1_790_000_000.0
 
 
-def run(coro: Awaitable[T]) -> T:
+def with_store(db: Db, fn: Callable[[Store], Awaitable[T]]) -> T:
     async def main() -> T:
-        return await coro
-
-    return asyncio.run(main())
-
-
-def with_store(path: Path, fn: Callable[[SqliteStore], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with SqliteStore(path) as store:
+        async with db.store() as store:
             return await fn(store)
 
     return asyncio.run(main())
 
 
-def tx_run(path: Path, fn: Callable[[Tx], T]) -> T:
-    return with_store(path, lambda s: s.transaction("test", fn))
+def tx_run(db: Db, fn: Callable[[Tx], T]) -> T:
+    return with_store(db, lambda s: s.transaction("test", fn))
 
 
 def add_rows(tx: Tx, table: str, *rows: dict[str, str]) -> None:
@@ -49,17 +43,22 @@ def add_rows(tx: Tx, table: str, *rows: dict[str, str]) -> None:
         dt.add(tx, dt.TABLES[table], row, at=NOW)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "twinline.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    """A database of each backend holding the account `acme` with 3.00 EUR."""
+    database: Db
+    if request.param == "sqlite":
+        database = SqliteDb(tmp_path / "twinline.db")
+    else:
+        database = PgDb(request.getfixturevalue("pg_database"))
 
     def setup(tx: Tx) -> None:
         sd.add_account(
             tx, "acme", "EUR", balance=D("3.00"), identities=["alice", "+33123456"], at=NOW
         )
 
-    tx_run(path, setup)
-    return path
+    tx_run(database, setup)
+    return database
 
 
 # --- accounts and the ledger -------------------------------------------------------------
@@ -74,7 +73,7 @@ def test_money_is_kept_in_millionths_exactly() -> None:
 
 
 def test_accounts_are_found_by_identity_and_every_balance_change_is_in_the_ledger(
-    db: Path,
+    db: Db,
 ) -> None:
     def work(tx: Tx) -> None:
         by_user = sd.find_account(tx, "alice")
@@ -103,7 +102,7 @@ def test_accounts_are_found_by_identity_and_every_balance_change_is_in_the_ledge
 
 
 def test_the_balance_cannot_change_without_a_ledger_entry_by_the_account_commands(
-    db: Path,
+    db: Db,
 ) -> None:
     def work(tx: Tx) -> None:
         with pytest.raises(dt.Invalid, match="cannot be changed"):
@@ -117,8 +116,8 @@ def test_the_balance_cannot_change_without_a_ledger_entry_by_the_account_command
 MINUTE = Tariff(per_minute=D("0.60"), initial=60, increment=60, decimals=2)
 
 
-def test_a_call_reserves_then_settles_once(db: Path) -> None:
-    async def work(store: SqliteStore) -> None:
+def test_a_call_reserves_then_settles_once(db: Db) -> None:
+    async def work(store: Store) -> None:
         def hold(available: Decimal) -> Decimal | None:
             granted = authorize(MINUTE, available, hold_seconds=120)
             return None if granted is None else granted.hold
@@ -167,7 +166,7 @@ def test_a_call_reserves_then_settles_once(db: Path) -> None:
     with_store(db, work)
 
 
-def test_a_cost_beyond_what_the_account_holds_is_debited_only_down_to_its_limit(db: Path) -> None:
+def test_a_cost_beyond_what_the_account_holds_is_debited_only_down_to_its_limit(db: Db) -> None:
     def work(tx: Tx) -> None:
         assert isinstance(sd.reserve(tx, "acme", "c1", D("1.00"), at=NOW), sd.Reservation)
         assert isinstance(sd.reserve(tx, "acme", "c2", D("1.50"), at=NOW), sd.Reservation)
@@ -188,7 +187,7 @@ def test_a_cost_beyond_what_the_account_holds_is_debited_only_down_to_its_limit(
     tx_run(db, work)
 
 
-def test_refusals_name_their_cause(db: Path) -> None:
+def test_refusals_name_their_cause(db: Db) -> None:
     def work(tx: Tx) -> None:
         sd.change_account(tx, "acme", max_calls=1)
         assert sd.reserve(tx, "nobody", "c0", D(1), at=NOW) == sd.Refusal(cause=sd.Cause.NO_ACCOUNT)
@@ -216,13 +215,13 @@ def _one_minute(available: Decimal) -> Decimal | None:
 
 @pytest.mark.parametrize("hold", [_one_minute, D("0.60")], ids=["authorized", "fixed"])
 def test_twenty_parallel_calls_never_reserve_more_than_the_account_holds(
-    db: Path, hold: sd.Amount
+    db: Db, hold: sd.Amount
 ) -> None:
     """The issue's case: 20 calls at once on one account whose balance covers 5 minutes
     in total, from four stores (four connections, four writer threads) on one file."""
 
     async def main() -> list[sd.Reservation | sd.Refusal]:
-        stores = [SqliteStore(db, busy_timeout=10) for _ in range(4)]
+        stores = [db.store() for _ in range(4)]
         for s in stores:
             await s.open()
         try:
@@ -260,7 +259,7 @@ def test_twenty_parallel_calls_never_reserve_more_than_the_account_holds(
     assert (account.balance, account.reserved, account.open_calls) == (0, 0, 0)
 
 
-def test_greedy_parallel_holds_never_overdraw(db: Path) -> None:
+def test_greedy_parallel_holds_never_overdraw(db: Db) -> None:
     """Every call asks for as much as it can get (up to 5 minutes) at once."""
 
     def hold(available: Decimal) -> Decimal | None:
@@ -268,7 +267,7 @@ def test_greedy_parallel_holds_never_overdraw(db: Path) -> None:
         return None if granted is None else granted.hold
 
     async def main() -> list[sd.Reservation | sd.Refusal]:
-        stores = [SqliteStore(db, busy_timeout=10) for _ in range(3)]
+        stores = [db.store() for _ in range(3)]
         for s in stores:
             await s.open()
         try:
@@ -294,7 +293,7 @@ def test_greedy_parallel_holds_never_overdraw(db: Path) -> None:
 # --- rates -------------------------------------------------------------------------------
 
 
-def test_the_longest_prefix_of_the_plan_rates_the_call(db: Path) -> None:
+def test_the_longest_prefix_of_the_plan_rates_the_call(db: Db) -> None:
     def work(tx: Tx) -> None:
         add_rows(
             tx,
@@ -337,7 +336,7 @@ def test_the_longest_prefix_of_the_plan_rates_the_call(db: Path) -> None:
 # --- cards -------------------------------------------------------------------------------
 
 
-def test_a_card_locks_on_the_third_wrong_pin(db: Path) -> None:
+def test_a_card_locks_on_the_third_wrong_pin(db: Db) -> None:
     def setup(tx: Tx) -> None:
         add_rows(tx, "cards", {"card": "5550001234", "account": "acme", "pin": "4321"})
 
@@ -381,7 +380,7 @@ def test_verify_pin() -> None:
 # --- translations, forwarding, screening -------------------------------------------------
 
 
-def test_translation_by_time_holiday_and_caller(db: Path) -> None:
+def test_translation_by_time_holiday_and_caller(db: Db) -> None:
     def setup(tx: Tx) -> None:
         common = {"number": "0800123", "time_zone": "Europe/Paris"}
         add_rows(
@@ -417,7 +416,7 @@ def test_translation_by_time_holiday_and_caller(db: Path) -> None:
     assert tx_run(db, lambda tx: sd.translate(tx, "0800999", "33145", NOW)) is None
 
 
-def test_forwarding_plan(db: Path) -> None:
+def test_forwarding_plan(db: Db) -> None:
     def setup(tx: Tx) -> None:
         add_rows(
             tx,
@@ -447,7 +446,7 @@ def test_forwarding_plan(db: Path) -> None:
     assert tx_run(db, lambda tx: sd.find_forwarding(tx, "nobody")) is None
 
 
-def test_screening(db: Path) -> None:
+def test_screening(db: Db) -> None:
     def setup(tx: Tx) -> None:
         add_rows(
             tx,
@@ -500,4 +499,4 @@ def test_a_version_1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
         assert kept is not None
         return int(str(kept["n"])), len(sd.ledger(tx, "a"))
 
-    assert tx_run(path, work) == (1, 1)
+    assert tx_run(SqliteDb(path), work) == (1, 1)

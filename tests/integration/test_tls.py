@@ -31,7 +31,7 @@ from .certs import Certs, make_certs
 from .conftest import StartSwitch
 from .sipp import Sipp, scenario
 from .switchproc import DOMAIN, HOST, free_port, route, run_switch_once, switch_config, toml_dumps
-from .tls_phone import TlsPhone
+from .tls_phone import TlsCallee, TlsPhone
 
 SECRET = b"cluster-secret-0123456789abcdef"
 
@@ -124,6 +124,61 @@ def test_verify_clients_refuses_a_phone_without_a_certificate_and_takes_one_with
     callee.wait_for_calls(total=1, timeout=15)
     callee.stop()
     callee.check(successful=1, created=1)
+
+
+@pytest.mark.integration
+def test_a_route_to_a_tls_trunk_verifies_it_and_carries_the_call(
+    certs: Certs, start_switch: StartSwitch, sipp: Sipp
+) -> None:
+    """SIPp calls over UDP; the switch dials the trunk over TLS by the name in the
+    route ("localhost"), checking the trunk's certificate against switch.tls.ca."""
+    trunk = TlsCallee(certs.server_cert, certs.server_key).start()
+    try:
+        port, tls_port = free_port(), free_port()
+        config = tls_switch_config(certs, port, tls_port)
+        config["switch"]["tls"]["ca"] = str(certs.ca)
+        config["routes"] = [
+            {"prefix": "1", "target": f"localhost:{trunk.port}", "transport": "tls"}
+        ]
+        switch = start_switch(config, port=port)
+        caller = sipp.run_uac(
+            "caller", scenario("uac_call.xml"), switch.address, port=free_port(),
+            calls=2, rate=5, service="1000", timeout_s=30,
+        )  # fmt: skip
+        caller.check(successful=2, created=2)
+    finally:
+        trunk.close()
+    assert trunk.requests == ["INVITE", "ACK", "BYE"] * 2, trunk.requests
+    invite = trunk.received[0]
+    assert invite.startswith(f"INVITE sip:1000@localhost:{trunk.port} SIP/2.0"), invite
+    assert "Via: SIP/2.0/TLS " in invite, invite
+    assert "transport=tls>" in invite, invite  # the switch's Contact: come back over TLS
+
+
+@pytest.mark.integration
+def test_a_tls_trunk_with_an_untrusted_certificate_is_never_sent_the_call(
+    certs: Certs, start_switch: StartSwitch, sipp: Sipp
+) -> None:
+    trunk = TlsCallee(certs.rogue_cert, certs.rogue_key).start()
+    try:
+        port, tls_port = free_port(), free_port()
+        config = tls_switch_config(certs, port, tls_port)
+        config["switch"]["tls"]["ca"] = str(certs.ca)
+        config["routes"] = [
+            {"prefix": "1", "target": f"localhost:{trunk.port}", "transport": "tls"}
+        ]
+        switch = start_switch(config, port=port)
+        # The caller hears 480: the trunk could not be reached (securely).
+        caller = sipp.run_uac(
+            "caller", scenario("uac_no_answer.xml"), switch.address, port=free_port(),
+            calls=1, rate=1, service="1000", timeout_s=30,
+        )  # fmt: skip
+        caller.check(successful=1, created=1)
+    finally:
+        trunk.close()
+    assert trunk.requests == [], trunk.requests
+    assert trunk.handshake_errors >= 1
+    assert "cannot connect to" in switch.stderr(), switch.stderr_tail()
 
 
 # --------------------------------------------------------------------------- configuration

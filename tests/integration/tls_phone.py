@@ -8,8 +8,10 @@ certificate is verified against the test CA and the name dialled.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -133,3 +135,94 @@ class TlsPhone:
             if reply.status:
                 replies.append(reply)
                 return replies
+
+
+@dataclass
+class TlsCallee:
+    """A callee (a trunk, say) on SIP over TLS, in a thread: it takes connections on
+    127.0.0.1 with `cert`/`key`, answers every INVITE 200 with SDP, takes the ACK, and
+    answers BYE 200. `requests` holds the method of every request it read, in order;
+    `handshake_errors` counts connections whose TLS handshake failed."""
+
+    cert: Path
+    key: Path
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)
+    handshake_errors: int = 0
+    _server: socket.socket | None = None
+    _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> TlsCallee:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        server = socket.create_server(("127.0.0.1", self.port))
+        server.settimeout(0.2)
+        self.port = server.getsockname()[1]
+        self._server = server
+        self._thread = threading.Thread(target=self._serve, args=(ctx,), daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._server is not None:
+            self._server.close()
+
+    def _serve(self, ctx: ssl.SSLContext) -> None:
+        assert self._server is not None
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            raw.settimeout(10)
+            try:
+                conn = ctx.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                self.handshake_errors += 1
+                raw.close()
+                continue
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: ssl.SSLSocket) -> None:
+        peer = TlsPhone("127.0.0.1", self.port, Path(), sock=conn, received=self.received)
+        with contextlib.suppress(OSError, ConnectionError, ValueError):
+            while not self._stop.is_set():
+                message = peer.read()
+                if message.status:
+                    continue
+                method = message.raw.split(" ", 1)[0]
+                self.requests.append(method)
+                if method == "ACK":
+                    continue
+                h = message.headers
+                copied = [f"Via: {v}" for v in _all(message.raw, "via")] + [
+                    f"From: {h['from']}",
+                    f"Call-ID: {h['call-id']}",
+                    f"CSeq: {h['cseq']}",
+                ]
+                to = h["to"] if ";tag=" in h["to"] else f"{h['to']};tag=trunk1"
+                if method == "INVITE":
+                    peer.send(
+                        ["SIP/2.0 200 OK", *copied, f"To: {to}",
+                         f"Contact: <sip:trunk@127.0.0.1:{self.port};transport=tls>",
+                         "Content-Type: application/sdp"],
+                        SDP,
+                    )  # fmt: skip
+                else:
+                    peer.send(["SIP/2.0 200 OK", *copied, f"To: {to}"])
+        conn.close()
+
+
+def _all(raw: str, name: str) -> list[str]:
+    head = raw.split("\r\n\r\n", 1)[0]
+    values = []
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name:
+            values.append(value.strip())
+    return values

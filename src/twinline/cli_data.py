@@ -328,6 +328,19 @@ def _account_commands(group: click.Group) -> None:
         Console().print(out)
 
     @group.command()
+    @click.argument("call_id")
+    @_config_option
+    def release(call_id: str, config_path: str | None) -> None:
+        """Release the credit held by CALL_ID, a call that no longer exists (refused while
+        the call is in progress); nothing is debited."""
+
+        def write(tx: Tx) -> sd.Settlement:
+            return sd.release_stale(tx, call_id, at=time.time())
+
+        settled = _with_store(config_path, lambda s: s.transaction(f"release {call_id}", write))
+        click.echo(f"{call_id}: hold released on {settled.account_id}, nothing debited")
+
+    @group.command()
     @click.argument("account_id", required=False)
     @_json_option
     @_config_option
@@ -352,10 +365,75 @@ def _account_commands(group: click.Group) -> None:
             click.echo(f"{r['call_id']}  {r['account']}  {r['amount']}  since {r['since']} UTC")
 
 
+def _rate_commands(group: click.Group) -> None:
+    @group.command()
+    @click.argument("destination")
+    @click.argument("seconds", type=click.IntRange(0))
+    @click.option("--plan", default="default", show_default=True, help="The rate plan.")
+    @click.option("--currency", default="EUR", show_default=True, help="The account's currency.")
+    @click.option(
+        "--at",
+        "answered",
+        default=None,
+        help="When the call is answered, ISO 8601 with its offset (default: now).",
+    )
+    @click.option("--credit", default=None, help="Also show how long this credit lasts.")
+    @_json_option
+    @_config_option
+    def quote(
+        destination: str,
+        seconds: int,
+        *,
+        plan: str,
+        currency: str,
+        answered: str | None,
+        credit: str | None,
+        as_json: bool,
+        config_path: str | None,
+    ) -> None:
+        """What SECONDS of talk to DESTINATION cost: the rate, the period, the billed time."""
+        from datetime import datetime  # noqa: PLC0415
+
+        from twinline.services import rating  # noqa: PLC0415
+
+        try:
+            at = datetime.fromisoformat(answered).timestamp() if answered else time.time()
+        except ValueError:
+            raise click.BadParameter(f"{answered!r}: write 2026-11-30T09:00+01:00") from None
+        rate = _with_store(
+            config_path,
+            lambda s: s.read(lambda tx: sd.find_rate(tx, plan, destination, currency.upper())),
+        )
+        if rate is None:
+            raise click.ClickException(
+                f"no rate for {destination} in plan {plan!r} in {currency.upper()}"
+            )
+        tariff = rate.tariff_at(at)
+        quote: dict[str, Any] = {
+            "prefix": rate.prefix,
+            "per_minute": str(tariff.per_minute),
+            "connect_fee": str(tariff.connect_fee),
+            "increments": f"{tariff.initial}/{tariff.increment}",
+            "billed_seconds": rating.billed_seconds(seconds, tariff.initial, tariff.increment),
+            "cost": str(rating.cost(tariff, seconds)),
+        }
+        if credit is not None:
+            lasts = rating.duration_for(tariff, _amount(credit))
+            quote["credit"] = credit
+            quote["credit_seconds"] = lasts
+        if as_json:
+            click.echo(json.dumps(quote, indent=2))
+            return
+        for name, value in quote.items():
+            click.echo(f"{name}: {'no limit' if value is None else value}")
+
+
 def register(main: click.Group) -> None:
     """Add the service data commands to the `twinline` command."""
     for table in dt.TABLES.values():
         group = _table_group(table)
         if table.name == "accounts":
             _account_commands(group)
+        if table.name == "rates":
+            _rate_commands(group)
         main.add_command(group)

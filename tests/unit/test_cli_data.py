@@ -3,7 +3,9 @@ or nothing with every bad line named, exports that import back, --json, the ledg
 
 from __future__ import annotations
 
+import asyncio
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -156,8 +158,8 @@ def test_replace_removes_the_rows_not_in_the_file(config: Path, tmp_path: Path) 
 
 
 def test_json_output_and_the_ledger(config: Path, tmp_path: Path) -> None:
-    cli(config, "accounts", "add", "acme", "--currency", "EUR", "--balance", "10",
-        "--identities", "alice +33123", "--max-calls", "2")  # fmt: skip
+    options = ("--currency", "EUR", "--balance", "10", "--identities", "alice +33123")
+    cli(config, "accounts", "add", "acme", *options, "--max-calls", "2")
     shown = json.loads(cli(config, "accounts", "show", "acme", "--json").output)
     assert shown == {
         "id": "acme",
@@ -212,3 +214,43 @@ def test_keys_with_defaults_and_key_prefixes(config: Path) -> None:
     assert "no screening bob" in cli(config, "screening", "show", "bob", ok=False).output
     missing = cli(config, "forwarding", "add", "bob", ok=False)
     assert "KIND is missing" in missing.output
+
+
+def test_quote_a_call_and_release_a_stale_hold(config: Path, tmp_path: Path) -> None:
+    cli(config, "rates", "import", str(write(tmp_path, "rates.csv", RATES)))
+    sunday = ("--at", "2026-11-29T12:00+01:00", "--credit", "0.0036", "--json")
+    quote = json.loads(cli(config, "rates", "quote", "+33145", "75", *sunday).output)
+    # A Sunday in Paris: the weekend period (0.002 a minute, 0.01 to connect), billed 30/6.
+    assert quote == {
+        "prefix": "33",
+        "per_minute": "0.002",
+        "connect_fee": "0.01",
+        "increments": "30/6",
+        "billed_seconds": 78,
+        "cost": "0.0126",
+        "credit": "0.0036",
+        "credit_seconds": 0,
+    }
+    weekday = cli(config, "rates", "quote", "33145", "75", "--at", "2026-11-30T12:00+01:00")
+    assert "cost: 0.013" in weekday.output  # peak: 0.01 a minute for 78 s
+    dollars = cli(config, "rates", "quote", "1", "60", "--currency", "USD", ok=False)
+    assert "no rate" in dollars.output
+
+    from twinline.store import SqliteStore
+    from twinline.store import servicedata as sd
+
+    cli(config, "accounts", "import", str(write(tmp_path, "a.csv", ACCOUNTS)))
+
+    async def hold() -> None:
+        async with SqliteStore(tmp_path / "twinline.db") as store:
+            await store.transaction(
+                "hold", lambda tx: sd.reserve(tx, "acme", "lost-call", Decimal(2), at=0)
+            )
+
+    asyncio.run(hold())
+    listed = json.loads(cli(config, "accounts", "reservations", "--json").output)
+    assert [(r["call_id"], r["amount"]) for r in listed] == [("lost-call", "2.00")]
+    assert "hold released on acme" in cli(config, "accounts", "release", "lost-call").output
+    assert "settled already" in cli(config, "accounts", "release", "lost-call", ok=False).output
+    shown = json.loads(cli(config, "accounts", "show", "acme", "--json").output)
+    assert (shown["balance"], shown["reserved"], shown["open_calls"]) == ("10.00", "0.00", 0)

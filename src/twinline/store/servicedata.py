@@ -691,6 +691,22 @@ def release(tx: Tx, call_id: str, *, at: float) -> Settlement | None:
     return settle(tx, call_id, Decimal(0), at=at)
 
 
+def release_stale(tx: Tx, call_id: str, *, at: float) -> Settlement:
+    """Release the hold of a call that no longer exists (an operator's repair), nothing
+    debited; DataError if the call is live (the switch lists it among its active calls),
+    never reserved, or was settled already."""
+    if tx.fetchone("SELECT call_id FROM active_calls WHERE call_id = ?", (call_id,)):
+        raise DataError(f"call {call_id} is in progress: its service settles it when it ends")
+    reservation = get_reservation(tx, call_id)
+    if reservation is None:
+        raise DataError(f"call {call_id} holds no credit")
+    if reservation.released_at is not None:
+        raise DataError(f"call {call_id} was settled already")
+    settled = release(tx, call_id, at=at)
+    assert settled is not None
+    return settled
+
+
 def _settled(tx: Tx, call_id: str) -> Settlement:
     row = tx.fetchone(
         "SELECT r.account_id, r.cost, r.debited, l.seq, l.balance, a.balance AS now"

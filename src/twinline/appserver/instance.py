@@ -60,6 +60,8 @@ class CallInstance:
         "ended",
         "epoch",
         "event_seq",
+        "in_database",
+        "live",
         "offered",
         "pending",
         "record",
@@ -90,6 +92,10 @@ class CallInstance:
         self.state_bytes = b""
         self.record = CallRecord(primaries=[offered.primary])
         self.ended = False
+        self.in_database = False  # a checkpoint of it was saved there: drop it at the end
+        # The primary's service state as an object, between runs (decoded from
+        # `state_bytes` again after a takeover); the runner's to read and replace.
+        self.live: object | None = None
 
     # --- primary ---------------------------------------------------------------------------
     def checkpoint(
@@ -162,6 +168,7 @@ class CallInstance:
             self.writes_done = frozenset(cp.writes_done) if cp.writes_done else NO_WRITES
             self.record = cp.record
             self.pending = tuple(cp.pending)
+            self.live = None
             self.buffer = tuple(e for e in self.buffer if e.seq > cp.event_seq)
         return CheckpointAck(call=self.call, version=self.version)
 
@@ -171,6 +178,7 @@ class CallInstance:
         stamped with the new epoch, to re-send (the switch drops those it executed)."""
         self.role = Role.PRIMARY
         self.epoch = epoch
+        self.live = None
         self.standby = standby
         self.record = msgspec.structs.replace(
             self.record, primaries=[*self.record.primaries, server]

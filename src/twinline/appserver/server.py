@@ -25,6 +25,7 @@ from twinline.errors import StartupError
 from twinline.link.aio import AioLink, connect, serve
 from twinline.link.endpoint import Closed, Established, HelloReceived, LinkEndpoint, Received
 from twinline.link.messages import (
+    Adopt,
     Checkpoint,
     CheckpointAck,
     CtlToServer,
@@ -120,6 +121,8 @@ class AppServerProcess:
                 self.runtime.offered(msg)
             elif isinstance(msg, Takeover):
                 self.runtime.takeover(msg)
+            elif isinstance(msg, Adopt):
+                self.runtime.adopt(msg)
             elif isinstance(msg, Protect):
                 self.runtime.protect(msg)
             elif isinstance(msg, Drop):

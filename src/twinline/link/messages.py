@@ -146,6 +146,22 @@ class Takeover(_Msg, tag="takeover", frozen=True, kw_only=True):
     standby: str | None
     executed: int  # the highest command sequence number the switch executed
     event_seq: int  # the last event the switch sent for the call
+    # Every event the switch sent for the call: a standby given the call after some of
+    # them (a new standby not yet filled) replays those it never saw.
+    events: list[Event] = []
+
+
+class Adopt(_Msg, tag="adopt", frozen=True, kw_only=True):
+    """Both instances of this call were lost: become its primary from its database
+    checkpoint (or from the offer, when it has none), replaying the switch's events
+    past it, as a takeover does; then answer `Owned`."""
+
+    call: str
+    epoch: int
+    standby: str | None
+    executed: int
+    offered: Offered  # how the call began
+    events: list[Event] = []
 
 
 class Protect(_Msg, tag="protect", frozen=True, kw_only=True):
@@ -300,6 +316,8 @@ class Forget(_Msg, tag="forget", frozen=True, kw_only=True):
     call: str
 
 
-CtlToServer = Challenge | Welcome | Heartbeat | Bye | Offered | Event | Takeover | Protect | Drop
+CtlToServer = (
+    Challenge | Welcome | Heartbeat | Bye | Offered | Event | Takeover | Adopt | Protect | Drop
+)
 CtlToSwitch = Hello | Heartbeat | Bye | Command | Owned | Finished | Leaving
 PeerMessage = Challenge | Hello | Welcome | Heartbeat | Bye | Checkpoint | CheckpointAck | Forget

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-KINDS = ("join", "rejoin", "failure", "takeover", "reprotect", "drain", "undrain")
+KINDS = ("join", "rejoin", "failure", "takeover", "reprotect", "adoption", "drain", "undrain")
 
 
 class Timeline:

@@ -15,17 +15,23 @@ framework carries out only after that checkpoint is safe (design invariant 3):
             else:
                 call.route(call.info.callee)
 
-Handlers must be deterministic given the call's state and the event: on a takeover the
-standby replays the events its primary handled after the last checkpoint. So a handler
-reads time from `call.now` (the event's time at the switch), never from the clock, and
-makes side effects outside the call through `call.once(...)`, whose idempotency key
-(call, event, step) makes a replay harmless (invariant 5).
+Handlers must be deterministic given the call's state and what they handle: on a
+takeover the standby replays the inputs its primary handled after the last checkpoint,
+perhaps in another order (a due timer and a buffered event). So a handler reads time
+from `call.now` (the input's time at the switch), draws chance from `call.random()`,
+and makes side effects outside the call through `call.once(name, effect)`, whose
+idempotency key is made of the call, the *input* the run handles (the offer, event N,
+timer T due at D) and the effect's name: a replay in any order finds the key applied
+and gets back the first application's result (invariant 5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -34,26 +40,40 @@ from twinline.services.destination import Destination, DiversionReason, route_ac
 from twinline.store.records import Statement
 
 if TYPE_CHECKING:
-    from twinline.store.base import Store
+    from twinline.store.base import Store, Tx
 
 S = TypeVar("S", bound=msgspec.Struct)
+T = TypeVar("T")
+
+_UTC = ZoneInfo("UTC")
+
+
+def statements(*stmts: Statement) -> Callable[[Tx], None]:
+    """An effect that runs SQL statements (`?` placeholders), for `ServiceCall.once`."""
+
+    def effect(tx: Tx) -> None:
+        for sql, params in stmts:
+            tx.execute(sql, params)
+
+    return effect
 
 
 class ServiceCall(Generic[S]):
     """One call as its service sees it during one handler run."""
 
     __slots__ = (
+        "_draws",
+        "_names",
         "_store",
-        "_writes",
         "actions",
-        "event_seq",
         "id",
         "info",
         "now",
+        "run",
+        "scope",
         "state",
-        "step",
         "timers",
-        "writes_done",
+        "timezone",
     )
 
     def __init__(
@@ -63,24 +83,24 @@ class ServiceCall(Generic[S]):
         state: S,
         *,
         now: float,
-        event_seq: int,
-        step: int,
+        run: str,
         timers: dict[str, float],
-        writes_done: set[str],
         store: Store | None,
+        scope: str = "",
+        timezone: str = "UTC",
     ) -> None:
         self.id = call_id
         self.info = info
         self.state = state
-        self.now = now  # wall-clock time of the event at the switch
-        self.event_seq = event_seq
-        # This handler run's place in the call's history: the checkpoint version it
-        # produces, the same on a standby that replays it.
-        self.step = step
+        self.now = now  # wall-clock time of the input at the switch (an event, a timer's due)
+        # What this run handles: "offer", "e3" (event 3), "t:credit@1700000000.000000".
+        self.run = run
+        self.scope = scope  # the service's name in a chain, so chained keys never collide
         self.timers = timers  # name -> wall-clock deadline; the framework arms them
+        self.timezone = timezone
         self.actions: list[Action] = []
-        self.writes_done = writes_done
-        self._writes = 0
+        self._names: dict[str, int] = {}
+        self._draws = 0
         self._store = store
 
     # --- call control ------------------------------------------------------------------
@@ -133,20 +153,65 @@ class ServiceCall(Generic[S]):
         self.timers.pop(name, None)
 
     # --- side effects outside the call -----------------------------------------------
-    async def once(self, kind: str, statements: Sequence[Statement]) -> bool:
-        """Apply database `statements` exactly once for this call, handler run and step.
+    def effect_key(self, name: str) -> str:
+        """The idempotency key of this run's effect `name` (a name used again in one
+        run counts: `debit`, `debit#2`)."""
+        n = self._names.get(name, 0) + 1
+        self._names[name] = n
+        suffix = name if n == 1 else f"{name}#{n}"
+        scope = f"{self.scope}/" if self.scope else ""
+        return f"{self.id}/{self.run}/{scope}{suffix}"
 
-        Returns False when they had been applied already (a replay after takeover).
+    @overload
+    async def once(self, name: str, effect: Callable[[Tx], None]) -> None: ...
+
+    @overload
+    async def once(self, name: str, effect: Callable[[Tx], T], returns: type[T]) -> T: ...
+
+    async def once(
+        self, name: str, effect: Callable[[Tx], Any], returns: type[Any] | None = None
+    ) -> Any:
+        """Apply `effect` (a function of a database transaction) exactly once for this
+        call, input and `name`, and return its result (JSON-encodable; decoded as
+        `returns`). A replay gets the first application's result back, whatever the
+        database holds now, so the replaying instance decides what the first one did.
         """
-        self._writes += 1
-        key = f"{self.id}/{self.step}/{self._writes}/{kind}"
-        if key in self.writes_done:
-            return False
+        key = self.effect_key(name)
         if self._store is None:
             raise RuntimeError("this application server has no database")
-        applied: bool = await self._store.once(key, self.id, kind, list(statements))
-        self.writes_done.add(key)
-        return applied
+
+        def apply(tx: Tx) -> str | None:
+            result = effect(tx)
+            return None if result is None else msgspec.json.encode(result).decode()
+
+        kind = f"{self.scope}/{name}" if self.scope else name
+        outcome = await self._store.once_with(key, self.id, kind, apply)
+        if returns is None or outcome.result is None:
+            return None
+        return msgspec.json.decode(outcome.result, type=returns)
+
+    async def read(self, query: Callable[[Tx], T]) -> T:
+        """Read service data (a function of a read-only transaction). A replay may read
+        what changed since: decide anything that must replay the same through `once`."""
+        if self._store is None:
+            raise RuntimeError("this application server has no database")
+        return await self._store.read(query)
+
+    # --- deterministic helpers -----------------------------------------------------------
+    def random(self, purpose: str = "") -> float:
+        """A number in [0, 1) drawn from the call, this run's input and `purpose`: a
+        replay draws the same (a weighted choice splits calls as the weights say, and
+        the standby that replays it chooses what the primary chose)."""
+        self._draws += 1
+        seed = f"{self.id}/{self.run}/{self.scope}/{purpose}/{self._draws}".encode()
+        digest = hashlib.blake2b(seed, digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+    def local_time(self, timezone: str | None = None) -> dt.datetime:
+        """`now` as an aware datetime in `timezone` (default: the service's)."""
+        name = timezone or self.timezone
+        zone = _UTC if name == "UTC" else ZoneInfo(name)
+        return dt.datetime.fromtimestamp(self.now, tz=zone)
 
 
 class Service(Generic[S]):

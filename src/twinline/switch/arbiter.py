@@ -24,6 +24,7 @@ import msgspec
 
 from twinline.config import AppServer, PlanEntry
 from twinline.link.messages import (
+    Adopt,
     CallInfo,
     Command,
     Drop,
@@ -44,7 +45,7 @@ from twinline.link.messages import (
 from twinline.sip.errors import SipParseError
 from twinline.sip.message import parse_name_addr
 from twinline.store.records import ActiveCall, Cdr, Role
-from twinline.switch.call import Call, CallState
+from twinline.switch.call import Call
 from twinline.switch.routing import (
     NO_OPTIONS,
     DestinationOptions,
@@ -117,6 +118,9 @@ class Ownership:
     # The last route's destinations, and those of them the plan could not resolve.
     destinations: list[str] = field(default_factory=list)
     unroutable: list[Outcome] = field(default_factory=list)
+    # Every event sent for the call: a server that takes it over or adopts it replays
+    # those its checkpoint does not cover.
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -131,7 +135,8 @@ class Takeovers:
     pending: set[str] = field(default_factory=set)
     reprotected: int = 0
     unprotected: int = 0
-    orphaned: int = 0
+    orphaned: int = 0  # lost both instances; adopted by a live server, or waiting for one
+    adopted: int = 0
     finished: float | None = None
     finished_wall: float | None = None
 
@@ -147,6 +152,7 @@ class Takeovers:
             "reprotected": self.reprotected,
             "unprotected": self.unprotected,
             "orphaned": self.orphaned,
+            "adopted": self.adopted,
             "started_at": self.started_wall,
             "completed_at": self.finished_wall,
             "duration_ms": duration,
@@ -163,6 +169,7 @@ class ArbiterStats:
     takeovers: int = 0  # calls re-owned by their standby
     reprotections: int = 0  # calls given a new standby
     orphaned: int = 0  # calls whose primary and standby were both lost
+    adopted: int = 0  # such calls given to a live server, from the database
 
 
 def _uri_of(header: str) -> str:
@@ -297,17 +304,16 @@ class Arbiter:
         assert old is not None
         new = own.standby
         if new is None or self.servers[new].state is ServerState.DOWN:
-            # Nobody holds this call any more: the switch finishes it on its own. An
-            # established call goes on until a party hangs up; one in setup has no
-            # one to decide for it and is released.
+            # Nobody holds this call any more: a live server adopts it from the
+            # database, or it waits for one to join (the switch keeps it up meanwhile,
+            # within the maximum duration its service gave it).
             self._unassign(own)
             own.primary = own.standby = None
             run.orphaned += 1
             self.stats.orphaned += 1
             if planned:
                 self.send(old, Drop(call=own.call.id))  # it may go: the switch has the call
-            if own.call.state is not CallState.ANSWERED:
-                self.switch.release(own.call, run.started)
+            self._adopt(own, run)
             return
         self._unassign(own)
         own.epoch += 1
@@ -320,7 +326,7 @@ class Arbiter:
             new,
             Takeover(
                 call=own.call.id, epoch=own.epoch, standby=own.standby,
-                executed=own.executed, event_seq=own.event_seq,
+                executed=own.executed, event_seq=own.event_seq, events=list(own.events),
             ),
         )  # fmt: skip
         if planned:
@@ -332,14 +338,76 @@ class Arbiter:
             run.unprotected += 1
         self._record(own)
 
+    def _adopt(self, own: Ownership, run: Takeovers) -> bool:
+        """Give a call that lost both instances to the least loaded live server."""
+        placed = self.place()
+        if placed is None:
+            return False  # none live: `adopt_orphans` gives it to the next that joins
+        primary, standby = placed
+        own.epoch += 1
+        self._assign(own, primary.name, standby.name if standby else None)
+        self.stats.adopted += 1
+        run.adopted += 1
+        run.pending.add(own.call.id)
+        self._pending_by_call[own.call.id] = run
+        self.send(
+            primary.name,
+            Adopt(
+                call=own.call.id, epoch=own.epoch, standby=own.standby, executed=own.executed,
+                offered=own.offered, events=list(own.events),
+            ),
+        )  # fmt: skip
+        if standby is not None:
+            self._offer_standby(own)
+        self._record(own)
+        return True
+
+    def adopt_orphans(self, reason: str, now: float) -> Takeovers | None:
+        """Calls that lost both instances while no server was live go to the live ones
+        now (a server joined). Returns the run, or None when there were none."""
+        orphans = [o for o in self.owned.values() if o.primary is None]
+        if not orphans:
+            return None
+        run = Takeovers("-", reason, now, self.wall())
+        for own in orphans:
+            if not self._adopt(own, run):
+                break
+        self.runs.insert(0, run)
+        del self.runs[10:]
+        if not run.pending:
+            run.finished, run.finished_wall = now, run.started_wall
+        return run
+
     def _finish_elsewhere(self, own: Ownership, run: Takeovers, *, planned: bool) -> None:
         """A released call's primary went before confirming its CDR: the standby, which
         holds the release event, takes over just to finish it."""
         old, new = own.primary, own.standby
         if new is None or self.servers[new].state is ServerState.DOWN:
-            del self.finishing[own.call.id]
+            # The release event is in the switch's log: a live server adopts the call
+            # just to finish it (its CDR, its last effects); with none, the switch
+            # writes the CDR from what it knows.
             run.orphaned += 1
             self.stats.orphaned += 1
+            placed = self.place()
+            if placed is None:
+                del self.finishing[own.call.id]
+                if self.recorder is not None:
+                    self.recorder.write_cdr(self._switch_cdr(own))
+                return
+            new = placed[0].name
+            own.epoch += 1
+            own.primary, own.standby = new, None
+            run.adopted += 1
+            self.stats.adopted += 1
+            self.send(
+                new,
+                Adopt(
+                    call=own.call.id, epoch=own.epoch, standby=None, executed=own.executed,
+                    offered=own.offered, events=list(own.events),
+                ),
+            )  # fmt: skip
+            if planned and old is not None:
+                self.send(old, Drop(call=own.call.id))
             return
         own.epoch += 1
         own.primary, own.standby = new, None
@@ -348,8 +416,8 @@ class Arbiter:
         self.send(
             new,
             Takeover(
-                call=own.call.id, epoch=own.epoch, standby=None,
-                executed=own.executed, event_seq=own.event_seq,
+                call=own.call.id, epoch=own.epoch, standby=None, executed=own.executed,
+                event_seq=own.event_seq, events=list(own.events),
             ),
         )  # fmt: skip
         if planned and old is not None:
@@ -591,6 +659,7 @@ class Arbiter:
             outcomes=outcomes or [],
             duration=duration,
         )
+        own.events = (*own.events, event)
         if own.primary is not None:
             self.send(own.primary, event)
         if own.standby is not None:

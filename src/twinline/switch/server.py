@@ -238,6 +238,16 @@ class SwitchServer:
                 self.timeline.add(
                     "reprotect", hello.name, f"{count} unprotected calls given a standby"
                 )
+            adopted = arbiter.adopt_orphans(f"{hello.name} joined", self.loop.time())
+            if adopted is not None:
+                log.warning(
+                    "%d calls that had lost both instances adopted from the database",
+                    adopted.adopted,
+                )
+                self.timeline.add(
+                    "adoption", hello.name,
+                    f"{adopted.adopted} calls that lost both instances adopted",
+                )  # fmt: skip
         elif isinstance(event, Closed):
             lost = link.peer_name
             if lost is not None and self.links.get(lost) is link:

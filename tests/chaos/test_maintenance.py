@@ -122,7 +122,9 @@ def test_drain_handover_and_sigterm_under_load(chaos: Chaos) -> None:
     cluster.wait_exited(as2["pid"], timeout=15)
     chaos.m.note("SIGTERM: exit after (ms)", round((time.time() - term_at) * 1000))
     context += f"\n{sigterm_summary}\nas2 before SIGTERM: {as2}"
-    assert run2["calls"] > 0 and run2["orphaned"] == 0, context
+    # A call released just before (its CDR not yet confirmed) whose standby had already
+    # let go of it is adopted by a live server to finish it: not lost.
+    assert run2["calls"] > 0 and run2["orphaned"] == run2["adopted"], context
     log = cluster.full_log()[log_before:]
     handed = re.findall(r"handed over (\d+) instances; stopping", log)
     assert handed and int(handed[0]) > 0, f"as2 did not say it handed over:\n{tail(log)}"

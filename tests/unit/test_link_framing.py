@@ -80,13 +80,7 @@ SAMPLES: list[msgspec.Struct] = [
     m.Forget(call="c-1"),
     m.Takeover(call="c-1", epoch=2, standby="as3", executed=4, event_seq=7),
     m.Takeover(call="c-1", epoch=3, standby=None, executed=0, event_seq=0),
-    m.Adopt(
-        call="c-1", epoch=4, standby="as2", executed=1, events=[],
-        offered=m.Offered(
-            call="c-1", epoch=1, role="primary", primary="as1", standby=None,
-            service="basic", info=m.CallInfo(caller="a", callee="b"),
-        ),
-    ),  # fmt: skip
+    m.Adopt(call="c-1", epoch=4, standby="as2", executed=1, events=[], offered=OFFERED),
     m.Protect(call="c-1", epoch=2, standby="as2"),
     m.Drop(call="c-1"),
     m.Owned(call="c-1", epoch=2),

@@ -178,6 +178,14 @@ class CoreStats:
     cdrs_written: int = 0
 
 
+def _due_by(timers: Mapping[str, float], at: float) -> TimerDue | None:
+    """The earliest of `timers` due at or before `at`, if any."""
+    if not timers:
+        return None
+    name, due = min(timers.items(), key=lambda t: (t[1], t[0]))
+    return TimerDue(name, due) if due <= at else None
+
+
 def disposition(record: CallRecord, cause: str) -> str:
     if record.answered_at:
         return "answered"
@@ -494,6 +502,13 @@ class ReplicationCore:
             if isinstance(item, Event):
                 if item.seq <= inst.event_seq:
                     continue  # replayed already (a takeover raced the switch's event)
+                early = _due_by(inst.timers, item.at)
+                if early is not None:
+                    # A timer due before the event happened runs first, live or in a
+                    # replay: the primary and a standby replaying it see one order.
+                    calls.queue.appendleft(item)
+                    calls.queue.appendleft(early)
+                    continue
                 now = item.at
             elif isinstance(item, TimerDue):
                 if inst.timers.get(item.name) != item.due:

@@ -70,7 +70,10 @@ class AppServerRuntime:
         to_peer: ToPeerFn,
         wall: Callable[[], float],
         max_running: int = MAX_RUNNING,
+        follow_timers: bool = True,
     ) -> None:
+        """`follow_timers=False`: no loop timer follows the core's deadlines; the owner
+        calls `tick()` (a test harness with a stepped clock)."""
         self.name = name
         self.services = services
         self.store = store
@@ -82,6 +85,7 @@ class AppServerRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._follow_timers = follow_timers
 
     @property
     def instances(self) -> dict[str, CallInstance]:
@@ -93,6 +97,11 @@ class AppServerRuntime:
 
     def counts(self) -> tuple[int, int]:
         return self.core.counts()
+
+    @property
+    def busy(self) -> bool:
+        """A handler run or a database operation is under way."""
+        return bool(self._tasks)
 
     # --- inputs: into the core, then its actions out -----------------------------------
     def welcome(self, live: list[LiveInstance]) -> int:
@@ -218,7 +227,19 @@ class AppServerRuntime:
         self._pump()
 
     # --- the core's timers on the loop's clock ---------------------------------------------
+    def tick(self) -> None:
+        """Fire the core's timers due by the wall clock."""
+        self.core.tick(self.wall())
+        self._pump()
+
+    async def idle(self) -> None:
+        """Wait until no handler run or database operation is under way."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
     def _follow_deadline(self) -> None:
+        if not self._follow_timers:
+            return
         deadline = self.core.next_deadline()
         if deadline == self._timer_at:
             return

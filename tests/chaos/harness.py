@@ -471,7 +471,12 @@ def start_caller(
 
 
 def finish_calls(
-    cluster: ChaosCluster, callee: SippRun, callers: list[Caller], context: str
+    cluster: ChaosCluster,
+    callee: SippRun,
+    callers: list[Caller],
+    context: str,
+    *,
+    adoption: bool = False,
 ) -> int:
     """Wait for the callers to end, then for the callee to be idle; assert that every
     call succeeded on both sides and has exactly one CDR. Returns the number of calls."""
@@ -485,11 +490,13 @@ def finish_calls(
     # The callee's scenario ends with the BYE it receives: all successful = every
     # B-leg ended with a BYE; created = total: no call got a second B-leg INVITE.
     callee.check(successful=total, created=total, context=ctx)
-    check_database(cluster, total, context)
+    check_database(cluster, total, context, adoption=adoption)
     return total
 
 
-def check_database(cluster: ChaosCluster, calls: int, context: str) -> None:
+def check_database(
+    cluster: ChaosCluster, calls: int, context: str, *, adoption: bool = False
+) -> None:
     """Exactly one CDR per call, all answered; no call left in active_calls; every
     placement as the invariants want it (``check_placements``)."""
     cdrs, distinct, active = cluster.settled_counts(calls)
@@ -500,14 +507,14 @@ def check_database(cluster: ChaosCluster, calls: int, context: str) -> None:
     )
     dispositions = cluster.query("SELECT disposition, count(*) FROM cdrs GROUP BY disposition")
     assert dispositions == [("answered", calls)], f"CDR dispositions {dispositions}\n{context}"
-    check_placements(cluster, context)
+    check_placements(cluster, context, adoption=adoption)
 
 
-def check_placements(cluster: ChaosCluster, context: str) -> None:
+def check_placements(cluster: ChaosCluster, context: str, *, adoption: bool = False) -> None:
     """Invariants 1 and 2 over the switch's record of every placement, in order:
     a call's primary changes only with a new epoch and only to the server that was
-    its standby (the standby takes over), and a standby is never on its primary's
-    server."""
+    its standby (the standby takes over; with `adoption`, any live server may adopt a
+    call that lost both), and a standby is never on its primary's server."""
     rows = cluster.query(
         "SELECT call_id, server, role, epoch FROM call_placements ORDER BY call_id, rowid"
     )
@@ -521,7 +528,7 @@ def check_placements(cluster: ChaosCluster, context: str) -> None:
             elif epoch == current[2]:
                 ok = server == current[0]  # re-recorded with a new standby
             else:
-                ok = epoch > current[2] and server == current[1]
+                ok = epoch > current[2] and (adoption or server == current[1])
             if not ok:
                 problems.append(f"{call}: primary {server} at epoch {epoch} after {current}")
             state[call] = (server, None, epoch)

@@ -712,6 +712,10 @@ class Arbiter:
     def unprotected(self) -> int:
         return sum(1 for o in self.owned.values() if o.standby is None and o.primary is not None)
 
+    def orphans(self) -> int:
+        """Calls no server holds (both instances lost, no live server to adopt them)."""
+        return sum(1 for o in self.owned.values() if o.primary is None)
+
     def servers_status(self) -> list[dict[str, object]]:
         return [
             {

@@ -362,6 +362,7 @@ class SwitchServer:
         if self.arbiter is not None:
             result["commands"] = dataclasses.asdict(self.arbiter.stats)
             result["calls"]["unprotected"] = self.arbiter.unprotected()
+            result["calls"]["orphaned"] = self.arbiter.orphans()
             result["takeovers"] = [run.as_dict() for run in self.arbiter.runs]
             now = self.loop.time() if self.loop is not None else 0.0
             for server in result["servers"]:

@@ -15,7 +15,7 @@ from twinline.services.destination import route_action
 def service_call() -> ServiceCall[msgspec.Struct]:
     return ServiceCall(
         "c1", CallInfo(caller="alice", callee="100"), msgspec.Struct(), now=0.0,
-        event_seq=0, step=1, timers={}, writes_done=set(), store=None,
+        run="offer", timers={}, store=None,
     )  # fmt: skip
 
 

@@ -29,6 +29,16 @@ def _load(path: str | None) -> Config:
         raise click.ClickException(f"configuration error: {e}") from None
 
 
+def _preflight(config: Config, role: str) -> None:
+    """What this host must give the processes of `role` (free ports, TLS files, ...)."""
+    from twinline.ops.preflight import preflight  # noqa: PLC0415
+
+    try:
+        preflight(config, role)
+    except ConfigError as e:
+        raise click.ClickException(f"configuration error: {e}") from None
+
+
 def _run(coro: Coroutine[Any, Any, None]) -> None:
     from twinline.errors import StartupError  # noqa: PLC0415
 
@@ -68,6 +78,7 @@ def main() -> None:
 def switch(config_path: str | None, log_level: str) -> None:
     """Run the switching platform (SIP B2BUA and registrar)."""
     config = _load(config_path)
+    _preflight(config, "switch")
     _setup_logging(log_level)
     from twinline.switch.server import SwitchServer  # noqa: PLC0415 - keep `--help` fast
 
@@ -85,6 +96,7 @@ def appserver(name: str, config_path: str | None, log_level: str) -> None:
         config.appserver(name)
     except ConfigError as e:
         raise click.ClickException(f"configuration error: {e}") from None
+    _preflight(config, name)
     _setup_logging(log_level)
     from twinline.appserver.server import AppServerProcess  # noqa: PLC0415
 
@@ -111,6 +123,7 @@ def up(config_path: str | None, servers: int | None, log_level: str) -> None:
         raise click.ClickException(f"configuration error: {e}") from None
     path = str(generated) if generated is not None else config_path
     assert path is not None
+    _preflight(config, "all")
     names = ", ".join(s.name for s in config.appservers)
     click.echo(
         f"twinline: switch on {', '.join(config.switch.listen)} (domain {config.switch.domain}), "
@@ -118,6 +131,39 @@ def up(config_path: str | None, servers: int | None, log_level: str) -> None:
         err=True,
     )
     sys.exit(Supervisor(config, path, log_level=log_level).run())
+
+
+@main.group(name="config")
+def config_group() -> None:
+    """Work with configuration files."""
+
+
+@config_group.command(name="check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--for",
+    "role",
+    default="all",
+    show_default=True,
+    help="Whose addresses to check on this host: all, switch, or a server's NAME.",
+)
+def config_check(file: str, role: str) -> None:
+    """Validate FILE without starting anything: its keys, types and values, then what
+    this host must give the processes (free ports, its own addresses, TLS files)."""
+    config = _load(file)
+    if role not in ("all", "switch"):
+        try:
+            config.appserver(role)
+        except ConfigError as e:
+            raise click.ClickException(f"configuration error: {e}") from None
+    _preflight(config, role)
+    servers = ", ".join(s.name for s in config.appservers) or (
+        "none listed (`twinline up` adds them on the ports after switch.link)"
+    )
+    click.echo(
+        f"{file}: valid. Switch on {', '.join(config.switch.listen)}, HTTP {config.switch.http}; "
+        f"application servers: {servers}"
+    )
 
 
 @main.command()

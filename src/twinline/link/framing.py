@@ -169,6 +169,9 @@ class MessageDecoder:
             raise LinkError(f"malformed frame: {e} (expecting {self.expecting})") from None
         except msgspec.DecodeError as e:
             raise LinkError(f"malformed frame: {e}") from None
+        except UnicodeDecodeError:
+            # msgspec lets this one through for a str that is not UTF-8 (found by fuzzing).
+            raise LinkError("malformed frame: a string that is not UTF-8") from None
         except RecursionError:
             # msgspec bounds its nesting depth and says so with this error.
             raise LinkError("malformed frame: nested too deeply") from None

@@ -49,7 +49,8 @@ import enum
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
-from twinline.sip.message import Request, Response
+from twinline.sip.errors import SipParseError
+from twinline.sip.message import Request, Response, parse_name_addr
 from twinline.timers import Timer, TimerHeap
 
 # (transport, host, port): where a message came from or goes to. "tcp" means a stream;
@@ -322,7 +323,7 @@ class ClientInviteTransaction(ClientTransaction):
             inv = self.request
             resp = self.last_response
             assert resp is not None
-            to = resp.get("To") or inv.get("To") or ""
+            to = _ack_to(inv, resp)
             headers: list[tuple[str, str]] = []
             for n, v in inv.headers:
                 if n == "Via":
@@ -358,6 +359,21 @@ class ClientInviteTransaction(ClientTransaction):
         (State.COMPLETED, Input.R3XX_6XX): (_send_ack, State.COMPLETED),
         (State.COMPLETED, Input.TIMER_END): (None, State.TERMINATED),
     }
+
+
+def _ack_to(invite: Request, resp: Response) -> str:
+    """The To of the ACK for a non-2xx: the response's (RFC 3261 17.1.1.3). The parser
+    does not read a response's To as an address (a B2BUA needs only its tag, and a full
+    parse on every response costs), so a To it cannot read is replaced by the INVITE's
+    with the response's tag rather than echoed into an ACK no parser would take."""
+    to = resp.get("To") or ""
+    try:
+        parse_name_addr(to)
+    except SipParseError:
+        to = invite.get("To") or ""
+        if resp.to_tag:
+            to = f"{to};tag={resp.to_tag}"
+    return to
 
 
 class ClientNonInviteTransaction(ClientTransaction):

@@ -2,12 +2,18 @@
 released on both legs at its session timer's expiry, with its CDR.
 
 `twinline up` (a switch and two application servers) with a 6 s session interval
-(Min-SE 2 s). The SIPp caller asks to be the refresher and then never refreshes
-nor hangs up; the SIPp callee does not support session timers, so the switch
+(Min-SE 2 s). The SIPp callee does not support session timers, so the switch
 refreshes that leg itself (an UPDATE 3 s after the answer, which the callee's
-scenario requires). At 6 - min(32, 6/3) = 4 s after the answer the switch gives
-up on the caller: BYE to both (both scenarios end on it), the application
-server sees `released` with cause `session-expired` and writes the CDR.
+scenario requires). Two ways for the caller to vanish:
+
+- it asked to be the refresher and never refreshes: at 6 - min(32, 6/3) = 4 s
+  after the answer the switch gives up on it (RFC 4028 10);
+- it knows nothing of session timers, so the switch refreshes it too, and it
+  stops answering: its UPDATE at 3 s gets no answer, and at the interval's end
+  (6 s) the switch gives up (before the UPDATE's own Timer F, 64 * T1 = 6.4 s).
+
+Either way: BYE to both (both scenarios end on it), the application server sees
+`released` with cause `session-expired` and writes the CDR.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ pytestmark = pytest.mark.integration
 
 CALLS = 5
 INTERVAL = 6
-EXPIRY = INTERVAL - min(32, INTERVAL / 3)  # after the answer (RFC 4028 10)
 
 
 class SessionCluster(Cluster):
@@ -36,6 +41,9 @@ class SessionCluster(Cluster):
             f"[switch]\nsession_expires = {INTERVAL}\nmin_se = 2\n",
             1,
         )
+        # A short T1: the unanswered refresh's retransmissions (to Timer F, 64*T1)
+        # are over soon after the call is.
+        text += "\n[switch.timers]\nt1 = 0.1\n"
         self.config_path.write_text(text)
 
 
@@ -49,8 +57,16 @@ def sipp(tmp_path: Path) -> Iterator[Sipp]:
     runner.close()
 
 
+@pytest.mark.parametrize(
+    ("caller_scenario", "expiry"),
+    [
+        ("uac_vanish_session_timer.xml", INTERVAL - min(32, INTERVAL / 3)),
+        ("uac_ignore_session_refresh.xml", INTERVAL),
+    ],
+    ids=["caller-stops-refreshing", "caller-stops-answering-refreshes"],
+)
 def test_a_caller_that_vanishes_is_released_on_both_legs_at_session_expiry(
-    tmp_path: Path, sipp: Sipp
+    tmp_path: Path, sipp: Sipp, caller_scenario: str, expiry: float
 ) -> None:
     callee_port = free_port()
     cluster = SessionCluster(tmp_path / "cluster", servers=2, callee_port=callee_port)
@@ -58,7 +74,7 @@ def test_a_caller_that_vanishes_is_released_on_both_legs_at_session_expiry(
     try:
         callee = sipp.start_uas("callee", scenario("uas_session_refreshed.xml"), port=callee_port)
         caller = sipp.run_uac(
-            "caller", scenario("uac_vanish_session_timer.xml"), cluster.sip_address,
+            "caller", scenario(caller_scenario), cluster.sip_address,
             port=free_port(), calls=CALLS, rate=10, service="1000", timeout_s=40,
         )  # fmt: skip
         caller.check(successful=CALLS, created=CALLS, context=cluster.log()[-4000:])
@@ -76,4 +92,4 @@ def test_a_caller_that_vanishes_is_released_on_both_legs_at_session_expiry(
     for disposition, cause, answered_at, ended_at in cdrs:
         assert (disposition, cause) == ("answered", "session-expired")
         # Released at the expiry, not before it and not much after.
-        assert EXPIRY - 0.1 <= ended_at - answered_at <= EXPIRY + 1.5, cdrs
+        assert expiry - 0.1 <= ended_at - answered_at <= expiry + 1.5, cdrs

@@ -13,7 +13,7 @@ import ipaddress
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -205,6 +205,9 @@ class Config(_Section, frozen=True):
     plan: list[PlanEntry] = msgspec.field(default_factory=list)
     users: list[User] = msgspec.field(default_factory=list)
     routes: list[Route] = msgspec.field(default_factory=list)
+    # Each service's own settings, `[services.NAME]` (NAME: the service's `name`),
+    # checked at start against its `Config` (twinline.services.registry).
+    services: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def appserver(self, name: str) -> AppServer:
         for server in self.appservers:
@@ -374,12 +377,9 @@ def _check(config: Config) -> None:
         if server.capacity < 1:
             fail(f"appservers[{i}].capacity", "must be at least 1")
     _check_database(config.database)
-    from twinline.services import SERVICES  # noqa: PLC0415 - the registry imports config types
+    from twinline.services.registry import check_services  # noqa: PLC0415 - it imports config
 
-    for i, entry in enumerate(config.plan):
-        if entry.service not in SERVICES:
-            known = ", ".join(sorted(SERVICES))
-            fail(f"plan[{i}].service", f"{entry.service!r} is not a service (known: {known})")
+    check_services(config)
 
 
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -435,21 +435,28 @@ def load_config_text(text: str, *, source: str = "<config>") -> Config:
     try:
         config = msgspec.convert(document, Config)
     except msgspec.ValidationError as e:
-        message, _, path = str(e).rpartition(" - at `")
-        if not message:
-            message, path = str(e), ""
-        key = _PATH_RE.sub("", path.rstrip("`"))
-        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
-        missing = re.fullmatch(r"Object missing required field `(.*)`", message)
-        if unknown:
-            key = f"{key}.{unknown[1]}" if key else unknown[1]
-            message = "unknown key (check its spelling and section)"
-        elif missing:
-            key = f"{key}.{missing[1]}" if key else missing[1]
-            message = "missing (this key is required)"
-        raise ConfigError(f"{key or '(top level)'}: {message}") from None
+        raise validation_error(e) from None
     _check(config)
     return config
+
+
+def validation_error(e: msgspec.ValidationError, section: str = "") -> ConfigError:
+    """msgspec's complaint about a section, as a ConfigError naming the key."""
+    message, _, path = str(e).rpartition(" - at `")
+    if not message:
+        message, path = str(e), ""
+    key = _PATH_RE.sub("", path.rstrip("`"))
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
+    missing = re.fullmatch(r"Object missing required field `(.*)`", message)
+    if unknown:
+        key = f"{key}.{unknown[1]}" if key else unknown[1]
+        message = "unknown key (check its spelling and section)"
+    elif missing:
+        key = f"{key}.{missing[1]}" if key else missing[1]
+        message = "missing (this key is required)"
+    if section:
+        key = f"{section}.{key}" if key else section
+    return ConfigError(f"{key or '(top level)'}: {message}")
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -41,7 +41,7 @@ from twinline.link.messages import (
 )
 from twinline.metrics import LoopLag, make_registry, start_metrics_http
 from twinline.metrics_appserver import appserver_collector
-from twinline.services import SERVICES
+from twinline.services.registry import load_services
 from twinline.store import open_store
 from twinline.tls import link_contexts
 
@@ -61,7 +61,7 @@ class AppServerProcess:
         self.incarnation = random.getrandbits(62)
         self.secret = config.cluster.secret.encode()
         self.store = open_store(config.database)  # opened in run()
-        self.services: dict[str, Any] = {n: cls(self.store) for n, cls in SERVICES.items()}
+        self.services = load_services(config, self.store)
         self.runtime = AppServerRuntime(
             name, self.services, self.store,
             to_switch=self._to_switch, to_peer=self._to_peer, wall=time.time,

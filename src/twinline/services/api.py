@@ -219,9 +219,13 @@ class Service(Generic[S]):
 
     name: ClassVar[str]
     State: ClassVar[type[msgspec.Struct]]
+    # The type of the service's settings, `[services.NAME]`, or None if it takes none
+    # (twinline.services.registry); narrow `config` in a subclass to type it.
+    Config: ClassVar[type[msgspec.Struct] | None] = None
 
-    def __init__(self, store: Store | None = None) -> None:
+    def __init__(self, store: Store | None = None, config: Any = None) -> None:
         self.store = store
+        self.config = config  # an instance of Config, checked at start
 
     def initial_state(self, info: CallInfo) -> S:
         return self.State()  # type: ignore[return-value]

@@ -57,8 +57,8 @@ class Harness:
         self.arbiter.server_up("as1", incarnation=1, pid=1)
         self.seq = 0
 
-    def offer(self) -> str:
-        out = self.sw.receive(a_invite(), CALLER)
+    def offer(self, extra: tuple[str, ...] = ()) -> str:
+        out = self.sw.receive(a_invite(extra=extra), CALLER)
         assert summaries(out) == [(CALLER, "100 INVITE")]
         (offered,) = [m for _, m in self.sent if isinstance(m, Offered)]
         return offered.call
@@ -90,6 +90,26 @@ def test_route_options_reach_the_callees_invite() -> None:
     assert b.get("P-Asserted-Identity") == "<sip:5550100@127.0.0.1>"
     (target,) = [c.target for c in h.sw.core.calls.values()]
     assert target is not None and target.options.ring_timeout == 5.0
+
+
+def test_the_offer_carries_the_headers_a_service_decides_on() -> None:
+    h = Harness()
+    h.offer(
+        extra=(
+            "Privacy: id",
+            "P-Asserted-Identity: <sip:+33123456@carrier.example>",
+            "Diversion: <sip:5001@a.example>;reason=unconditional;counter=1",
+            "Diversion: <sip:5000@a.example>;reason=user-busy;counter=1",
+        )
+    )
+    (offered,) = [m for _, m in h.sent if isinstance(m, Offered)]
+    assert offered.info.headers == {
+        "P-Asserted-Identity": "<sip:+33123456@carrier.example>",
+        "Privacy": "id",
+        "Diversion": "<sip:5001@a.example>;reason=unconditional;counter=1,"
+        " <sip:5000@a.example>;reason=user-busy;counter=1",
+        "Max-Forwards": "70",
+    }
 
 
 def test_events_name_the_destination_and_route_failed_every_outcome() -> None:

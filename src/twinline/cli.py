@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -14,12 +13,10 @@ from twinline import cli_data, gcpolicy
 from twinline.config import Config, ConfigError, load_config
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text", process: str = "twinline") -> None:
+    from twinline.ops.logs import setup_logging  # noqa: PLC0415
+
+    setup_logging(level, "json" if fmt == "json" else "text", process=process)
 
 
 def _load(path: str | None) -> Config:
@@ -64,6 +61,13 @@ config_option = click.option(
     help="The deployment's TOML configuration file (default: built-in defaults).",
 )
 log_option = click.option("--log-level", default="info", show_default=True)
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with the call id when a line is about a call.",
+)
 
 
 @click.group()
@@ -75,11 +79,12 @@ def main() -> None:
 @main.command()
 @config_option
 @log_option
-def switch(config_path: str | None, log_level: str) -> None:
+@log_format_option
+def switch(config_path: str | None, log_level: str, log_format: str) -> None:
     """Run the switching platform (SIP B2BUA and registrar)."""
     config = _load(config_path)
     _preflight(config, "switch")
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format, "switch")
     from twinline.switch.server import SwitchServer  # noqa: PLC0415 - keep `--help` fast
 
     _run(SwitchServer(config).run())
@@ -89,7 +94,8 @@ def switch(config_path: str | None, log_level: str) -> None:
 @click.argument("name")
 @config_option
 @log_option
-def appserver(name: str, config_path: str | None, log_level: str) -> None:
+@log_format_option
+def appserver(name: str, config_path: str | None, log_level: str, log_format: str) -> None:
     """Run application server NAME (one of the configuration's [[appservers]])."""
     config = _load(config_path)
     try:
@@ -97,7 +103,7 @@ def appserver(name: str, config_path: str | None, log_level: str) -> None:
     except ConfigError as e:
         raise click.ClickException(f"configuration error: {e}") from None
     _preflight(config, name)
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format, name)
     from twinline.appserver.server import AppServerProcess  # noqa: PLC0415
 
     _run(AppServerProcess(config, name).run())
@@ -112,8 +118,31 @@ def appserver(name: str, config_path: str | None, log_level: str) -> None:
     help="How many application servers (default: all configured, or 2).",
 )
 @log_option
-def up(config_path: str | None, servers: int | None, log_level: str) -> None:
+@log_format_option
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where the processes' logs go (appended). Default: RUN_DIR/twinline.log with "
+    "the live view, standard error without it.",
+)
+@click.option(
+    "--view/--no-view",
+    default=None,
+    help="The live view of the cluster in the terminal (default: when it is a terminal).",
+)
+def up(
+    *,
+    config_path: str | None,
+    servers: int | None,
+    log_level: str,
+    log_format: str,
+    log_file: str | None,
+    view: bool | None,
+) -> None:
     """Run a switch and N application servers on this host; Ctrl-C stops them all."""
+    from pathlib import Path  # noqa: PLC0415
+
     from twinline.supervisor import Supervisor, default_run_dir, effective_config  # noqa: PLC0415
 
     config = _load(config_path)
@@ -124,13 +153,22 @@ def up(config_path: str | None, servers: int | None, log_level: str) -> None:
     path = str(generated) if generated is not None else config_path
     assert path is not None
     _preflight(config, "all")
+    if view is None:
+        view = sys.stderr.isatty()
+    logs = Path(log_file) if log_file else (default_run_dir() / "twinline.log" if view else None)
     names = ", ".join(s.name for s in config.appservers)
     click.echo(
         f"twinline: switch on {', '.join(config.switch.listen)} (domain {config.switch.domain}), "
-        f"application servers {names}; status: twinline status --config {path}; Ctrl-C stops",
+        f"application servers {names}; status: twinline status --config {path}; "
+        f"dashboard: http://{config.switch.http}/"
+        + (f"; logs: {logs}" if logs is not None else "")
+        + "; Ctrl-C stops",
         err=True,
     )
-    sys.exit(Supervisor(config, path, log_level=log_level).run())
+    supervisor = Supervisor(
+        config, path, log_level=log_level, log_format=log_format, log_file=logs, view=view
+    )
+    sys.exit(supervisor.run())
 
 
 @main.group(name="config")

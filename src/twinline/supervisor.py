@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -81,24 +81,50 @@ def fetch_status(config: Config, timeout: float = 2.0) -> dict[str, Any]:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str, *, log_level: str) -> None:
+    """Starts and stops the processes. With `log_file`, their logs go there (appended);
+    with `view`, the terminal shows the live view (`twinline.ops.console`) instead of
+    a status line every 5 s."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str,
+        *,
+        log_level: str,
+        log_format: str = "text",
+        log_file: Path | None = None,
+        view: bool = False,
+    ) -> None:
         self.config = config
         base = [sys.executable, "-m", "twinline"]
-        common = ["--config", config_path, "--log-level", log_level]
+        common = ["--config", config_path, "--log-level", log_level, "--log-format", log_format]
         self.children = [Child("switch", [*base, "switch", *common])]
         for server in config.appservers:
             self.children.append(Child(server.name, [*base, "appserver", server.name, *common]))
         self._stop = False
+        self.log_file = log_file
+        self._log: IO[bytes] | None = None
+        self.view = view
+        self.notes: list[str] = []  # shown under the view: processes that exited
+
+    def _spawn(self, child: Child) -> None:
+        if self.log_file is not None and self._log is None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_file.open("ab")
+        out = self._log if self._log is not None else None
+        child.proc = subprocess.Popen(  # noqa: S603
+            child.argv, start_new_session=True, stdout=out, stderr=out
+        )
 
     def start(self) -> None:
         switch = self.children[0]
         # Each child in a session of its own: Ctrl-C in the terminal reaches only this
         # supervisor, which then stops the servers first (they hand over) and the
         # switch last.
-        switch.proc = subprocess.Popen(switch.argv, start_new_session=True)  # noqa: S603
+        self._spawn(switch)
         self._wait_for_switch()
         for child in self.children[1:]:
-            child.proc = subprocess.Popen(child.argv, start_new_session=True)  # noqa: S603
+            self._spawn(child)
 
     def _wait_for_switch(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -119,26 +145,56 @@ class Supervisor:
         try:
             self.start()
         except RuntimeError as e:
-            print(f"twinline up: {e}", file=sys.stderr)
+            where = f" (logs: {self.log_file})" if self.log_file is not None else ""
+            print(f"twinline up: {e}{where}", file=sys.stderr)
             self.stop()
             return 1
+        if self.view and show:
+            return self._run_with_view()
         last = 0.0
         while not self._stop:
-            for child in self.children:
-                if (
-                    child.proc is not None
-                    and child.proc.poll() is not None
-                    and not child.reported_exit
-                ):
-                    child.reported_exit = True
-                    print(
-                        f"twinline up: {child.name} exited with code {child.proc.returncode}",
-                        file=sys.stderr,
-                    )
+            for note in self.check_children():
+                print(f"twinline up: {note}", file=sys.stderr)
             if show and time.monotonic() - last >= 5.0:
                 last = time.monotonic()
                 self._show()
             time.sleep(0.2)
+        return self.stop()
+
+    def check_children(self) -> list[str]:
+        """Processes that exited since the last call, as sentences."""
+        notes = []
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is not None and not child.reported_exit:
+                child.reported_exit = True
+                notes.append(f"{child.name} exited with code {child.proc.returncode}")
+        return notes
+
+    def _run_with_view(self) -> int:
+        from rich.console import Console  # noqa: PLC0415
+        from rich.live import Live  # noqa: PLC0415
+
+        from twinline.ops.console import dashboard_url, render  # noqa: PLC0415
+
+        def frame() -> Any:
+            try:
+                status = fetch_status(self.config, timeout=1.0)
+            except (OSError, urllib.error.URLError, ValueError):
+                status = None
+            return render(
+                status,
+                dashboard=dashboard_url(self.config.switch.http),
+                log_file=str(self.log_file) if self.log_file is not None else None,
+                notes=self.notes[-5:],
+            )
+
+        with Live(frame(), console=Console(stderr=True), refresh_per_second=4) as live:
+            while not self._stop:
+                self.notes.extend(self.check_children())
+                live.update(frame())
+                time.sleep(0.5)
+            live.update(frame())
+        print("twinline up: stopping (servers hand their calls over first)", file=sys.stderr)
         return self.stop()
 
     def _show(self) -> None:
@@ -170,6 +226,9 @@ class Supervisor:
                     child.proc.kill()
                     child.proc.wait()
                     code = 1
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         return code
 
 

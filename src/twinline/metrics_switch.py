@@ -42,6 +42,10 @@ SWITCH_FIELDS: Fields = {
     "calls_cut_at_max_duration": Field(
         "twinline_calls_max_duration", "Answered calls the switch hung up at their maximum duration"
     ),
+    "calls_session_expired": Field(
+        "twinline_calls_session_expired",
+        "Answered calls released because a leg's RFC 4028 session timer ran out",
+    ),
     "requests": Field(
         "twinline_sip_requests_received", "SIP requests received, by method", key_label="method"
     ),

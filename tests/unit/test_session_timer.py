@@ -287,3 +287,35 @@ def test_off_the_switch_adds_nothing() -> None:
     flow = answered(sw)
     assert flow.b_invite.req.get("Session-Expires") is None
     assert sw.advance(3600) == []
+
+
+def test_a_refresh_due_while_a_reinvite_is_under_way_waits_for_it() -> None:
+    sw = switch()
+    flow = answered_with(sw, a_invite(extra=(*TIMER, "Session-Expires: 60;refresher=uac")))
+    # The caller re-INVITEs 29 s in; the callee is slow to answer it.
+    assert sw.advance(29) == []
+    out = flow.caller_request("INVITE", 2, body=SDP_OFFER + b"a=sendonly\r\n")
+    assert summaries(out) == [(CALLEE, "INVITE")]
+    relayed = out[0]
+    # At 30 s the callee's refresh is due, but an offer is in flight: it waits.
+    out = sw.advance(1.5)
+    assert out and all(sent.data == relayed.data for sent in out)  # Timer A: the relayed one
+    out = sw.receive(reply(relayed, 200, "OK", contact=B_CONTACT, body=SDP_ANSWER), CALLEE)
+    assert summaries(out) == [(CALLEE, "ACK"), (CALLER, "200 INVITE")]
+    # That 2xx refreshed both legs (30.5 s): the next refresh of the callee is at 60.5.
+    # (The caller's re-INVITE said nothing of timers: from now on the switch refreshes
+    # it too, RFC 4028 9.)
+    assert flow.caller_ack(2) == []
+    assert sw.advance(29.9) == []
+    # Both legs are due at once; one re-INVITE at a time on a call, so the callee's
+    # waits for the caller's to be answered.
+    out = sw.advance(0.2)
+    assert summaries(out) == [(CALLER, "INVITE")]
+    assert out[0].req.get("Session-Expires") == "60;refresher=uac"
+    assert out[0].req.body == SDP_ANSWER  # what the caller last had from us
+    out = sw.receive(reply(out[0], 200, "OK", contact="<sip:alice@127.0.0.1:5061>",
+                           body=SDP_OFFER), CALLER)  # fmt: skip
+    assert summaries(out) == [(CALLER, "ACK")]
+    out = sw.advance(1.0)
+    assert summaries(out) == [(CALLEE, "INVITE")]
+    assert out[0].req.get("Session-Expires") == "60;refresher=uac"

@@ -89,6 +89,8 @@ HISTORY_CAUSES = {
 }  # fmt: skip
 # Transports whose in-dialog requests follow the connection the dialog came on.
 STREAMS = ("tcp", "tls")
+# Seconds before a session refresh that had to wait (a re-INVITE under way) is tried again.
+REFRESH_RETRY = 1.0
 
 
 class Registrar(Protocol):
@@ -717,25 +719,29 @@ class SwitchCore:
             return
         session.timer = None
         if session.we_refresh and not session.refresh_sent:
-            session.refresh_sent = True
-            self._refresh(call, leg, now)
+            if self._refresh(call, leg, now):
+                session.refresh_sent = True
+                at = session.next_deadline()
+            else:  # an offer of the other side's is under way: try again shortly
+                at = min(now + REFRESH_RETRY, session.started + session.interval)
+                session.refresh_sent = at >= session.started + session.interval
             session.timer = self.timers.schedule(
-                session.next_deadline(), lambda t: self._session_due(call, leg, session, t)
+                at, lambda t: self._session_due(call, leg, session, t)
             )
             return
         self.stats.calls_session_expired += 1
         self._release(call, Ending.SWITCH, now, cause="session-expired")
 
-    def _refresh(self, call: Call, leg: Leg, now: float) -> None:
+    def _refresh(self, call: Call, leg: Leg, now: float) -> bool:
         """Refresh `leg`'s session (RFC 4028 7.4): UPDATE without a body when the peer
-        allows it, else a re-INVITE offering again the SDP it last had from us."""
+        allows it, else a re-INVITE offering again the SDP it last had from us. False
+        when it cannot go now (a re-INVITE is under way on the call)."""
         session = leg.session
         assert session is not None
         headers = [("Session-Expires", session.request_value()), ("Supported", "timer")]
         invite = not session.use_update and bool(leg.local_sdp)
         if invite and call.reinvite_pending:
-            # An offer is under way: its 2xx refreshes the leg too, or our guard ends it.
-            return
+            return False
         if invite:
             headers.append(("Content-Type", "application/sdp"))
         out = leg.build_request(
@@ -749,6 +755,7 @@ class SwitchCore:
             leg.invite_cseq = out.cseq
             call.reinvite_pending = True
         self.layer.send_request(out, leg.address, now, owner=Refresh(call, leg))
+        return True
 
     def _refresh_response(
         self, refresh: Refresh, txn: ClientTransaction, resp: Response, now: float
@@ -779,7 +786,13 @@ class SwitchCore:
             self._refresh_failed(refresh, now)
         elif status in (405, 501) and not invite and leg.local_sdp:
             leg.session.use_update = False  # it does not take UPDATE: re-INVITE at once
-            self._refresh(call, leg, now)
+            if not self._refresh(call, leg, now):
+                session = leg.session
+                session.cancel()
+                session.refresh_sent = False  # the guard's time comes through _session_due
+                session.timer = self.timers.schedule(
+                    now + REFRESH_RETRY, lambda t: self._session_due(call, leg, session, t)
+                )
         # Anything else (491, 5xx): the guard at the interval's end stands.
 
     def _refresh_failed(self, refresh: Refresh, now: float) -> None:

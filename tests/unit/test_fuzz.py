@@ -9,8 +9,11 @@ fragments chosen to reach the corners) and checks what must hold whatever arrive
 - the parser raises nothing but `SipParseError`, with a wire-safe reason; what it
   accepts serializes and parses back to the same thing, with a sane sent-by and
   Max-Forwards;
-- the switch (`SwitchCore.receive`, the transaction layer, the B2BUA) raises nothing
-  for any datagram or sequence of datagrams, and every byte it sends parses;
+- the switch (`SwitchCore.receive`, the transaction layer, the B2BUA, the registrar
+  with digest authentication) raises nothing for any datagram or sequence of
+  datagrams, and sends nothing unparsable except an error response to the peer whose
+  bad request it answers; a digest Authorization value parses or raises
+  `CredentialsError`;
 - the SIP stream framer and the link frame decoder cut the same frames, or fail with
   the same error, however TCP splits the stream; a link frame body decodes to a message
   or raises `LinkError`, nothing else.
@@ -40,11 +43,17 @@ from sipfix import (
     response_bytes,
 )
 from test_link_framing import ALL, SAMPLES
+from test_registrar import PASSWORDS, REALM, register_bytes
+from test_registrar import SECRET as REGISTRAR_SECRET
+from test_registrar import SOURCE as REGISTRAR_SOURCE
+from test_registrar import answer as registrar_answer
 from test_sip_torture import CORPUS, SPICE, mutate
 
 from twinline.link.framing import FrameDecoder, FramingError, LinkError, MessageDecoder, encode
+from twinline.sip.digest import CredentialsError, DigestAuthenticator, parse_credentials
 from twinline.sip.errors import SipParseError
 from twinline.sip.message import Request, Response, StreamFramer, parse_message
+from twinline.switch.registrar import LocationService, Registrar
 
 A_URI = "sip:9555@127.0.0.1:5060"
 A_FROM = '"Alice" <sip:alice@127.0.0.1>;tag=a1'
@@ -203,6 +212,55 @@ def test_the_switch_survives_mutated_responses_from_the_callee(
     _check_sent(sw.receive(mutate(resp, edits), CALLEE), source=CALLEE)
     _check_sent(sw.receive(resp, CALLEE), source=("none", "", 0))
     _check_sent(sw.advance(70.0), source=("none", "", 0))
+
+
+# --- the registrar and digest credentials ------------------------------------------------
+
+
+def _authorized_register() -> tuple[Switch, bytes]:
+    """A switch with a registrar, and a REGISTER answering its challenge (one phone's
+    second REGISTER, the one that carries Authorization)."""
+    sw = Switch()
+    sw.core.registrar = Registrar(
+        REALM, PASSWORDS, DigestAuthenticator(REALM, REGISTRAR_SECRET), LocationService()
+    )
+    out = sw.receive(register_bytes(cseq=1), REGISTRAR_SOURCE)
+    assert [s.resp.status for s in out] == [401]
+    challenge = out[0].resp.get_all("WWW-Authenticate")[0]
+    authorization = registrar_answer(challenge, "alice", PASSWORDS["alice"])
+    second = register_bytes(cseq=2, authorization=[authorization])
+    # A new transaction: the same branch from the same sent-by would be a retransmission.
+    return sw, second.replace(b"branch=z9hG4bK-1", b"branch=z9hG4bK-2")
+
+
+AUTHORIZATION = parse_request(_authorized_register()[1]).get("Authorization") or ""
+
+
+def test_the_authorized_register_seed_is_accepted() -> None:
+    sw, data = _authorized_register()
+    assert [s.resp.status for s in sw.receive(data, REGISTRAR_SOURCE)] == [200]
+
+
+@fuzz(100)
+@given(mutations)
+def test_the_registrar_survives_mutated_authorized_registers(
+    edits: list[tuple[str, float, int, bytes]],
+) -> None:
+    sw, data = _authorized_register()
+    _check_sent(sw.receive(mutate(data, edits), REGISTRAR_SOURCE), source=REGISTRAR_SOURCE)
+    _check_sent(sw.receive(data, REGISTRAR_SOURCE), source=REGISTRAR_SOURCE)
+
+
+@fuzz(200)
+@given(mutations)
+def test_mutated_credentials_parse_or_raise_credentials_error(
+    edits: list[tuple[str, float, int, bytes]],
+) -> None:
+    text = mutate(AUTHORIZATION.encode(), edits).decode("utf-8", "surrogateescape")
+    try:
+        parse_credentials(text)
+    except CredentialsError as e:
+        assert e.args
 
 
 # --- SIP stream framing ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -28,6 +29,10 @@ class Cluster:
     link_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # TOML added at the end of the configuration (plan entries, routes, services.*).
+    extra_config: str = ""
+    # Set in the processes' environment (PYTHONPATH for a plug-in service, ...).
+    env: dict[str, str] = field(default_factory=dict)
     # Each application server's metrics port (set explicitly: the default, peer port +
     # 1000, could be a port some other test holds).
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -68,7 +73,8 @@ url = "sqlite:///{self.db_path}"
 {servers}[[routes]]
 prefix = ""
 target = "127.0.0.1:{self.callee_port}"
-"""
+
+{self.extra_config}"""
         )
 
     def start(self, timeout: float = 20.0) -> None:
@@ -80,6 +86,7 @@ target = "127.0.0.1:{self.callee_port}"
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
+                env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -115,6 +122,7 @@ target = "127.0.0.1:{self.callee_port}"
             capture_output=True,
             check=True,
             timeout=10,
+            env={**os.environ, **self.env},
         )
         data: dict[str, Any] = json.loads(out.stdout)
         return data

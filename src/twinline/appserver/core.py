@@ -592,6 +592,8 @@ class ReplicationCore:
             primaries=tuple(record.primaries),
             standby_servers=(inst.standby,) if inst.standby else (),
             epoch=inst.epoch,
+            cost=record.cost,
+            currency=record.currency or None,
         )
         self.actions.append(WriteCdr(cdr, drop_checkpoint=inst.in_database))
 

@@ -52,6 +52,7 @@ class ServiceRunner:
         call: ServiceCall[Any] = ServiceCall(
             inst.call, inst.offered.info, state, now=req.now, run=req.run, timers=timers,
             store=self.store, timezone=getattr(service, "timezone", "UTC"),
+            duration=item.duration if isinstance(item, Event) else 0.0,
         )  # fmt: skip
         released = False
         error = False
@@ -76,6 +77,8 @@ class ServiceRunner:
             log.exception("call %s: service %s failed handling %s", inst.call, service.name, item)
             # Whatever the run asked for is void; the call must not hang unanswered.
             call.actions = [Release()] if record.answered_at else [Reject(500, "Service Error")]
+        if call.cost is not None:
+            record = msgspec.structs.replace(record, cost=call.cost[0], currency=call.cost[1])
         for action in call.actions:
             if isinstance(action, Reject):
                 record = msgspec.structs.replace(record, status=action.status, reason=action.reason)

@@ -18,6 +18,7 @@ Nothing but these three is accepted before the handshake completes.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
 import msgspec
@@ -288,6 +289,9 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     answered_at: float = 0.0
     status: int = 0  # the last failure status a service saw or gave (0: none)
     reason: str = ""
+    # What the call cost (`ServiceCall.record_cost`), for its CDR; None: not charged.
+    cost: Decimal | None = None
+    currency: str = ""
 
 
 class Checkpoint(_Msg, tag="checkpoint", frozen=True, kw_only=True):

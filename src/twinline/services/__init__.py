@@ -3,10 +3,12 @@
 from twinline.services.api import Service, ServiceCall
 from twinline.services.basic import BasicCall
 from twinline.services.destination import Destination
+from twinline.services.prepaid import Prepaid
 
 # Services by name, as the routing plan (`[[plan]] service = ...`) names them.
 SERVICES: dict[str, type[Service]] = {  # type: ignore[type-arg]
     BasicCall.name: BasicCall,
+    Prepaid.name: Prepaid,
 }
 
 __all__ = ["SERVICES", "Destination", "Service", "ServiceCall"]

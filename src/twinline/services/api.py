@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 from zoneinfo import ZoneInfo
 
@@ -66,6 +67,8 @@ class ServiceCall(Generic[S]):
         "_names",
         "_store",
         "actions",
+        "cost",
+        "duration",
         "id",
         "info",
         "now",
@@ -88,6 +91,7 @@ class ServiceCall(Generic[S]):
         store: Store | None,
         scope: str = "",
         timezone: str = "UTC",
+        duration: float = 0.0,
     ) -> None:
         self.id = call_id
         self.info = info
@@ -98,6 +102,10 @@ class ServiceCall(Generic[S]):
         self.scope = scope  # the service's name in a chain, so chained keys never collide
         self.timers = timers  # name -> wall-clock deadline; the framework arms them
         self.timezone = timezone
+        # In `released`: seconds from the answer to the release, as the switch measured
+        # them (0: never answered). What a call is billed on.
+        self.duration = duration
+        self.cost: tuple[Decimal, str] | None = None  # what `record_cost` recorded
         self.actions: list[Action] = []
         self._names: dict[str, int] = {}
         self._draws = 0
@@ -140,6 +148,14 @@ class ServiceCall(Generic[S]):
     def release(self) -> None:
         """Hang up the call, in whatever phase it is."""
         self.actions.append(Release())
+
+    def record_cost(self, amount: Decimal, currency: str) -> None:
+        """What the call cost, in `currency` (ISO 4217): its CDR carries it. Record it
+        from what `once` returned (the amount actually charged), so a replay records
+        the same."""
+        if not amount.is_finite() or amount < 0:
+            raise ValueError(f"record_cost() takes an amount of 0 or more, not {amount}")
+        self.cost = (amount, currency)
 
     # --- timers --------------------------------------------------------------------------
     def set_timer(self, name: str, *, after: float | None = None, at: float | None = None) -> None:

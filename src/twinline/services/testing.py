@@ -274,6 +274,8 @@ class ServiceHarness:
     def _event(
         self, call: HarnessCall, kind: EventKind, *, settle: bool = True, **fields: Any
     ) -> None:
+        if kind == "released" and call.answered_at is not None:
+            fields.setdefault("duration", self.now - call.answered_at)  # as the switch measures
         event = Event(call=call.id, seq=len(call.events) + 1, kind=kind, at=self.now, **fields)
         call.events.append(event)
         for server in (call.primary, call.standby):

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import TypeVar
 
 from twinline.store import migrate, sql
@@ -193,6 +194,8 @@ class WriterStore(Store):
                 _names(cdr.primaries, what),
                 _names(cdr.standby_servers, what),
                 cdr.epoch,
+                None if cdr.cost is None else _units(cdr.cost, what),
+                cdr.currency,
             ),
             what,
         )
@@ -318,6 +321,8 @@ class WriterStore(Store):
                 primaries=_split(_str(r, "primaries")),
                 standby_servers=_split(_str(r, "standby_servers")),
                 epoch=_int(r, "epoch"),
+                cost=_opt_money(r, "cost"),
+                currency=_opt_str(r, "currency"),
             )
             for r in await self._rows(sql.SELECT_CDRS)
         ]
@@ -382,6 +387,21 @@ def _float(row: Row, name: str) -> float:
 
 def _opt_float(row: Row, name: str) -> float | None:
     return None if row[name] is None else _float(row, name)
+
+
+# Money in the database is BIGINT millionths of the currency unit (docs/services.md).
+MONEY_DECIMALS = 6
+
+
+def _units(amount: Decimal, what: str) -> int:
+    units = amount.scaleb(MONEY_DECIMALS)
+    if not amount.is_finite() or units != units.to_integral_value():
+        raise ValueError(f"{what}: the amount {amount} has more than {MONEY_DECIMALS} decimals")
+    return int(units)
+
+
+def _opt_money(row: Row, name: str) -> Decimal | None:
+    return None if row[name] is None else Decimal(_int(row, name)).scaleb(-MONEY_DECIMALS)
 
 
 def _names(servers: Sequence[str], what: str) -> str:

@@ -7,6 +7,7 @@ checkpoint, so a record written by one process means the same to every other one
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Literal
 
 import msgspec
@@ -58,6 +59,10 @@ class Cdr(_Record, frozen=True):
     primaries: tuple[str, ...]
     standby_servers: tuple[str, ...]
     epoch: int  # the call's epoch when it ended
+    # What the call cost, as its service recorded it (prepaid: what was debited), in
+    # `currency`; None: the call was not charged by a service.
+    cost: Decimal | None = None
+    currency: str | None = None
 
 
 class Placement(_Record, frozen=True):

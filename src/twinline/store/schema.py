@@ -271,7 +271,18 @@ _V2 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+# A call's cost on its CDR, in millionths of `currency` as all money in the database
+# (NULL: the call was not charged by a service).
+_V3 = Migration(
+    version=3,
+    description="CDRs carry the cost a service recorded",
+    statements=(
+        "ALTER TABLE cdrs ADD COLUMN cost BIGINT",
+        "ALTER TABLE cdrs ADD COLUMN currency TEXT",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

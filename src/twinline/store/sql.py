@@ -75,8 +75,8 @@ PLACEMENT = "INSERT INTO call_placements (call_id, server, role, epoch, at) VALU
 WRITE_CDR = """
 INSERT INTO cdrs (
     call_id, caller, callee, service, started_at, answered_at, ended_at,
-    disposition, status, cause, primaries, standby_servers, epoch
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    disposition, status, cause, primaries, standby_servers, epoch, cost, currency
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (call_id) DO NOTHING
 """
 
@@ -108,7 +108,7 @@ DROP_CHECKPOINT_UPTO = "DELETE FROM checkpoints WHERE call_id = ? AND epoch <= ?
 
 SELECT_CDRS = """
 SELECT call_id, caller, callee, service, started_at, answered_at, ended_at,
-       disposition, status, cause, primaries, standby_servers, epoch
+       disposition, status, cause, primaries, standby_servers, epoch, cost, currency
 FROM cdrs ORDER BY ended_at, call_id
 """
 SELECT_ACTIVE_CALLS = """

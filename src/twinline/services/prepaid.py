@@ -1,0 +1,310 @@
+"""Prepaid calling: authorize with a reservation, release when the credit runs out,
+debit once at the end.
+
+Who pays: the account of the caller's identity (the user who authenticated the INVITE,
+else a trunk's P-Asserted-Identity, else the caller's number), or a calling card dialled
+as ``ACCESS*CARD*PIN*DESTINATION`` (docs/services.md).
+
+The call's money touches the database twice, each time in one transaction applied
+exactly once (`ServiceCall.once`), so a standby that replays a run decides what the
+failed primary decided:
+
+- at the offer, ``reserve``: find the account and the destination's rate, and hold what
+  the available credit buys (at most `PrepaidConfig.hold_seconds` of talk) by one
+  guarded UPDATE, so parallel calls on one account never hold more than it has. The
+  result (the account, the rate, the hold, or a refusal) is kept in the call's state.
+  A card call reads the card first, checks its PIN off the event loop (scrypt), then
+  records the check and reserves in the same transaction;
+- at the release, ``debit``: rate the answered duration the switch measured and settle:
+  the hold released and the cost debited, one ledger row, the CDR's cost.
+
+Between the two nothing reads the database: the credit timer (the time the hold buys
+at the tariff in force at the answer) is the service's, and the switch enforces the
+same limit on its own (the route's `max_duration`), should every server be gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from twinline.link.messages import CallInfo
+from twinline.services.api import Service, ServiceCall
+from twinline.services.rating import Rate, authorize, billable_seconds, cost, duration_for
+from twinline.store.errors import StoreError
+from twinline.store.servicedata import (
+    Cause,
+    DataError,
+    Refusal,
+    Settlement,
+    digits_of,
+    find_account,
+    find_card,
+    find_rate,
+    get_account,
+    pin_checked,
+    reserve,
+    settle,
+    verify_pin,
+)
+
+if TYPE_CHECKING:
+    from twinline.store.base import Store, Tx
+
+CREDIT_TIMER = "credit"
+CARD_SEPARATOR = "*"
+_URI_USER = re.compile(r"(?:sips?|tel):\+?([^@;>?]+)", re.IGNORECASE)
+
+
+class PrepaidConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[services.prepaid]`."""
+
+    # The most talk one call holds credit for: a longer call is released when it runs
+    # out. Less holds less of an account per call (more calls at once on one balance),
+    # more lets a single call talk longer.
+    hold_seconds: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 3600
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True, tag="grant"):
+    """What the offer's reservation gave the call: stored as its result, replayed as is."""
+
+    account_id: str
+    currency: str
+    rate: Rate  # the destination's rate: its period at the answer prices the call
+    hold: Decimal  # the credit held for the call
+    max_seconds: int | None  # the talk the hold buys at the offer (None: not limited)
+    card: str = ""
+
+
+class PrepaidState(msgspec.Struct):
+    destination: str = ""  # what is routed and rated (a card call's DESTINATION)
+    grant: Grant | None = None
+    refused: str = ""  # the cause of a refusal
+    store_failed: bool = False  # the database could not be reached at the offer
+    answered_at: float = 0.0
+    credit_seconds: int | None = None  # the talk the hold buys, fixed at the answer
+    exhausted: bool = False  # released by the credit timer
+
+
+class CardDial(msgspec.Struct, frozen=True):
+    access: str
+    card: str
+    pin: str
+    destination: str
+
+
+def parse_card_dial(dialled: str) -> CardDial | str | None:
+    """``ACCESS*CARD*PIN*DESTINATION`` as its parts; None if `dialled` is not in the
+    card form (no ``*``); an explanation if it has ``*`` but not that form."""
+    if CARD_SEPARATOR not in dialled:
+        return None
+    parts = dialled.split(CARD_SEPARATOR)
+    if len(parts) != 4:
+        return "dial ACCESS*CARD*PIN*DESTINATION"
+    access, card, pin, destination = parts
+    if not all(p.isdigit() and p.isascii() for p in (access, card, pin)):
+        return "the access number, card and PIN are digits"
+    number = destination.removeprefix("+")
+    if not (number.isdigit() and number.isascii()):
+        return "the destination is a number"
+    return CardDial(access, card, pin, destination)
+
+
+def caller_identity(info: CallInfo) -> str:
+    """Who pays for a call that is not a card call: the user who authenticated the
+    INVITE, else the number a trunk asserted (P-Asserted-Identity), else the caller."""
+    user: str = getattr(info, "user", "")
+    if user:
+        return user
+    for name, value in info.headers.items():
+        if name.lower() == "p-asserted-identity":
+            found = _URI_USER.search(value)
+            if found:
+                return found.group(1)
+    return info.caller
+
+
+# --- the two transactions -------------------------------------------------------------
+
+
+class Offer(msgspec.Struct, frozen=True, kw_only=True):
+    """What the offer's reservation needs to know of the call."""
+
+    call_id: str
+    destination: str
+    at: float
+    hold_seconds: int
+
+
+def _authorize(tx: Tx, account_id: str | None, offer: Offer) -> Grant | Refusal:
+    account = None if account_id is None else get_account(tx, account_id)
+    if account is None:
+        return Refusal(cause=Cause.NO_ACCOUNT)
+    if account.status != "active":
+        return Refusal(cause=Cause.ACCOUNT_DISABLED, detail=account.status)
+    rate = find_rate(tx, account.rate_plan, offer.destination, account.currency)
+    if rate is None:
+        return Refusal(cause=Cause.NO_RATE, detail=digits_of(offer.destination))
+    tariff = rate.tariff_at(offer.at)
+
+    def hold(available: Decimal) -> Decimal | None:
+        granted = authorize(tariff, available, hold_seconds=offer.hold_seconds)
+        return None if granted is None else granted.hold
+
+    held = reserve(tx, account.id, offer.call_id, hold, at=offer.at)
+    if isinstance(held, Refusal):
+        return held
+    return Grant(
+        account_id=account.id,
+        currency=account.currency,
+        rate=rate,
+        hold=held.amount,
+        max_seconds=duration_for(tariff, held.amount),
+    )
+
+
+def reserve_for_identity(identity: str, offer: Offer) -> Callable[[Tx], Grant | Refusal]:
+    def effect(tx: Tx) -> Grant | Refusal:
+        account = find_account(tx, identity)
+        return _authorize(tx, account.id if account else None, offer)
+
+    return effect
+
+
+def reserve_for_card(card: str, pin_correct: bool, offer: Offer) -> Callable[[Tx], Grant | Refusal]:
+    def effect(tx: Tx) -> Grant | Refusal:
+        login = pin_checked(tx, card, pin_correct)
+        if isinstance(login, Refusal):
+            return login
+        granted = _authorize(tx, login.account_id, offer)
+        if isinstance(granted, Grant):
+            return msgspec.structs.replace(granted, card=card)
+        return granted
+
+    return effect
+
+
+def settle_call(call_id: str, amount: Decimal, at: float) -> Callable[[Tx], Settlement]:
+    """Release the call's hold and debit `amount` (see `servicedata.settle`)."""
+
+    def effect(tx: Tx) -> Settlement:
+        settled = settle(tx, call_id, amount, at=at)
+        if settled is None:
+            raise DataError(f"call {call_id}: settled, but it never reserved")
+        return settled
+
+    return effect
+
+
+def release_hold(call_id: str, at: float) -> Callable[[Tx], None]:
+    def effect(tx: Tx) -> None:
+        settle(tx, call_id, Decimal(0), at=at)
+
+    return effect
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+class Prepaid(Service[PrepaidState]):
+    name = "prepaid"
+    State = PrepaidState
+    Config = PrepaidConfig
+
+    def __init__(self, store: Store | None = None, config: Any = None) -> None:
+        super().__init__(store)
+        self.config: PrepaidConfig = config if config is not None else PrepaidConfig()
+
+    async def offered(self, call: ServiceCall[PrepaidState]) -> None:
+        state = call.state
+        dial = parse_card_dial(call.info.callee)
+        if isinstance(dial, str):
+            call.reject(484, "Address Incomplete")
+            return
+        state.destination = call.info.callee if dial is None else dial.destination
+        offer = Offer(
+            call_id=call.id, destination=state.destination, at=call.now,
+            hold_seconds=self.config.hold_seconds,
+        )  # fmt: skip
+        try:
+            if dial is None:
+                effect = reserve_for_identity(caller_identity(call.info), offer)
+            else:
+                found = await call.read(lambda tx: find_card(tx, dial.card))
+                correct = found is not None and await asyncio.to_thread(
+                    verify_pin, found.pin_hash, dial.pin
+                )
+                effect = reserve_for_card(dial.card, correct, offer)
+            outcome = await call.once("reserve", effect, returns=Grant | Refusal)  # type: ignore[arg-type]
+        except StoreError:
+            state.store_failed = True
+            call.reject(503, "Service Unavailable")  # the switch adds Retry-After
+            return
+        if isinstance(outcome, Refusal):
+            state.refused = outcome.cause.value
+            call.reject(403, outcome.cause.value)
+            return
+        state.grant = outcome
+        limit = outcome.max_seconds
+        if limit is not None and hasattr(call, "limit_duration"):
+            call.limit_duration(limit)
+        if dial is None and getattr(call, "chained", False):
+            return  # authorized and limited: a service after this one routes
+        call.route(state.destination, max_duration=limit)
+
+    async def answered(self, call: ServiceCall[PrepaidState]) -> None:
+        state = call.state
+        state.answered_at = call.now
+        if state.grant is None:
+            return
+        # The tariff in force at the answer prices the whole call: the hold buys this
+        # much of it, and never more than the switch was told at the route.
+        seconds = duration_for(state.grant.rate.tariff_at(call.now), state.grant.hold)
+        if state.grant.max_seconds is not None:
+            seconds = (
+                state.grant.max_seconds
+                if seconds is None
+                else min(seconds, state.grant.max_seconds)
+            )
+        state.credit_seconds = seconds
+        if seconds is not None:
+            call.set_timer(CREDIT_TIMER, at=call.now + seconds)
+
+    async def timer(self, call: ServiceCall[PrepaidState], name: str) -> None:
+        if name == CREDIT_TIMER:
+            call.state.exhausted = True
+            call.release()
+
+    async def released(self, call: ServiceCall[PrepaidState], cause: str) -> None:
+        state = call.state
+        grant = state.grant
+        if grant is None:
+            if state.store_failed:
+                await self._release_unknown_hold(call)
+            return
+        amount = Decimal(0)
+        if state.answered_at:
+            talked = call.duration if call.duration > 0 else call.now - state.answered_at
+            seconds = billable_seconds(talked)
+            # The call is not billed past its credit: a release a moment late (the
+            # switch's or ours) is the platform's delay, not the caller's talk.
+            if state.credit_seconds is not None:
+                seconds = min(seconds, state.credit_seconds)
+            amount = cost(grant.rate.tariff_at(state.answered_at), seconds)
+        settled = await call.once(
+            "debit", settle_call(call.id, amount, call.now), returns=Settlement
+        )
+        call.record_cost(settled.debited, grant.currency)
+
+    async def _release_unknown_hold(self, call: ServiceCall[PrepaidState]) -> None:
+        """The offer's reservation failed on the database: it may still have committed
+        (the connection was lost after it). Release whatever it held, if we can."""
+        # Else `twinline accounts release CALL` frees it once the database is back.
+        with contextlib.suppress(StoreError):
+            await call.once("release", release_hold(call.id, call.now))

@@ -14,8 +14,11 @@ import pytest
 from twinline.appserver.runtime import AppServerRuntime
 from twinline.config import Config, ConfigError, load_config_text
 from twinline.link.messages import CallInfo, Command, Offered, Reject, Route
+from twinline.services import SERVICES
 from twinline.services.basic import BasicCall
 from twinline.services.registry import known_services, load_services, service_class
+
+KNOWN = ", ".join([*sorted(SERVICES), "broken", "hello"])  # built-ins, then the plug-ins
 
 PLUGIN = """
 import msgspec
@@ -97,13 +100,13 @@ def test_built_in_entry_point_and_import_path_names(plugins: Path) -> None:
     by_entry_point = service_class("hello")
     assert by_entry_point.__name__ == "Greeter"
     assert service_class("plugmod:Greeter") is by_entry_point
-    assert known_services() == ["basic", "broken", "hello"]
+    assert known_services() == KNOWN.split(", ")
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nope", "'nope' is not a service (known: basic, broken, hello; a plug-in class is"),
+        ("nope", f"'nope' is not a service (known: {KNOWN}; a plug-in class is"),
         ("nomod:X", "'nomod:X': cannot import 'nomod' (No module named 'nomod')"),
         ("plugmod:Missing", "'plugmod:Missing': 'plugmod' has no 'Missing'"),
         ("plugmod:NOT_A_SERVICE", "'plugmod:NOT_A_SERVICE' is not a Service class"),

@@ -218,7 +218,7 @@ class Prepaid(Service[PrepaidState]):
     Config = PrepaidConfig
 
     def __init__(self, store: Store | None = None, config: Any = None) -> None:
-        super().__init__(store)
+        super().__init__(store, config)
         self.config: PrepaidConfig = config if config is not None else PrepaidConfig()
 
     async def offered(self, call: ServiceCall[PrepaidState]) -> None:

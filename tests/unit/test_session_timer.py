@@ -319,3 +319,12 @@ def test_a_refresh_due_while_a_reinvite_is_under_way_waits_for_it() -> None:
     out = sw.advance(1.0)
     assert summaries(out) == [(CALLEE, "INVITE")]
     assert out[0].req.get("Session-Expires") == "60;refresher=uac"
+
+
+def test_a_callee_with_a_malformed_session_expires_is_refreshed_by_the_switch() -> None:
+    sw = switch()
+    answered_with(sw, a_invite(extra=TIMER), extra=("Session-Expires: soon",))
+    out = sw.advance(30)
+    # Both legs: the caller refreshes its own (it said timer), the switch the callee's.
+    assert summaries(out) == [(CALLEE, "INVITE")]
+    assert out[0].req.get("Session-Expires") == "60;refresher=uac"

@@ -695,10 +695,9 @@ class SwitchCore:
     ) -> LegSession | None:
         """A leg's session timer from the 2xx to our INVITE there; a malformed
         Session-Expires counts as none (we refresh)."""
+        asked = asked or self.session.session_expires
         try:
-            return negotiate_as_uac(
-                resp, self.session, asked or self.session.session_expires, previous
-            )
+            return negotiate_as_uac(resp, self.session, asked, previous)
         except SipParseError:
             return negotiate_as_uac(Response(200, "OK", []), self.session, asked, previous)
 

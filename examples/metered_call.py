@@ -85,7 +85,9 @@ class MeteredCall(Service[MeterState]):
             call.reject(403, "No Credit")
             return
         call.state.reserved = held
-        call.route(call.info.callee)
+        call.limit_duration(held)  # enforced by the switch too, whoever routes the call
+        if not call.chained:
+            call.route(call.info.callee)  # alone: route it; in a chain, a later service does
 
     async def answered(self, call: ServiceCall[MeterState]) -> None:
         call.state.answered_at = call.now

@@ -192,9 +192,15 @@ class PlanEntry(_Section, frozen=True):
     """Which service handles a call: the longest matching number prefix wins, then
     the longest matching caller prefix."""
 
-    service: str
+    # One service's name, or several in the order they handle the call (a chain:
+    # ["screening", "forwarding", "basic"]; see docs/writing-a-service.md).
+    service: str | list[str]
     number: str = ""  # dialled-number (or user name) prefix; "" matches all
     caller: str = ""  # caller prefix; "" matches all
+
+    @property
+    def services(self) -> list[str]:
+        return [self.service] if isinstance(self.service, str) else list(self.service)
 
 
 class Config(_Section, frozen=True):

@@ -11,10 +11,14 @@ import msgspec
 import pytest
 from examples.metered_call import SCHEMA, MeteredCall
 
+from twinline.config import ConfigError, PlanEntry, load_config_text
 from twinline.link.messages import Reject, Release, Route
 from twinline.services.api import Service, ServiceCall
+from twinline.services.basic import BasicCall
+from twinline.services.chain import ChainService
 from twinline.services.testing import HarnessCall, ServiceHarness
 from twinline.store import Tx
+from twinline.switch.arbiter import ServicePlan
 
 
 def accounts(seconds: int) -> Callable[[Tx], None]:
@@ -34,7 +38,7 @@ def balance(h: ServiceHarness) -> tuple[int, int]:
 def test_a_metered_call_reserves_routes_warns_and_debits_once() -> None:
     with ServiceHarness(MeteredCall, data=accounts(1000)) as h:
         call = h.offer(caller="alice", callee="bob")
-        assert call.commands == [Route(["bob"])]
+        assert call.commands == [Route(["bob"], max_duration=300)]
         assert balance(h) == (1000, 300)
         h.progress(call)
         h.answer(call)
@@ -43,7 +47,7 @@ def test_a_metered_call_reserves_routes_warns_and_debits_once() -> None:
         notes = h.query(lambda tx: tx.fetchall("SELECT note FROM meter_notes"))
         assert notes == [{"note": "10 s left"}]
         h.advance(10)  # the reservation is used up: the service releases the call
-        assert call.commands == [Route(["bob"]), Release()]
+        assert call.commands == [Route(["bob"], max_duration=300), Release()]
         assert call.state == "finished"
         assert balance(h) == (700, 0)
         [debit] = h.effects("debit")
@@ -194,3 +198,76 @@ def test_a_due_timer_and_a_buffered_event_replay_in_time_order(event_after: floa
     first = min(clean, key=lambda e: len(e[1] or ""))[0]
     assert first.startswith("t:" if event_after >= 5.0 else "e1")
     assert run(fail=True) == clean
+
+
+# --- chains ------------------------------------------------------------------------------
+
+
+class Gate(Service[TimerAndEvent]):
+    """Refuses one caller, passes the others on."""
+
+    name = "gate"
+    State = TimerAndEvent
+
+    async def offered(self, call: ServiceCall[TimerAndEvent]) -> None:
+        if call.info.caller == "mallory":
+            call.reject(603, "Decline")
+        elif not call.chained:
+            call.route(call.info.callee)
+
+
+def metered_chain(store: Any) -> ChainService:
+    return ChainService([Gate(store), MeteredCall(store), BasicCall(store)])
+
+
+def test_a_chain_passes_the_call_on_until_a_member_decides() -> None:
+    with ServiceHarness(metered_chain, data=accounts(1000)) as h:
+        assert h.name == "gate>metered>basic"
+        refused = h.offer(caller="mallory", callee="bob")
+        assert refused.commands == [Reject(603, "Decline")]
+        assert h.effects() == []  # the gate decided: metered never ran
+        call = h.offer(caller="alice", callee="bob")
+        # metered authorized and limited the call; basic routed it, with the limit.
+        assert call.commands == [Route(["bob"], max_duration=300.0)]
+        h.answer(call)
+        assert sorted(h.timers(call)) == ["metered:exhausted", "metered:warn"]
+        h.advance(300)
+        assert call.commands[-1] == Release()
+        keys = [e.key for e in h.effects()]
+        assert f"{call.id}/offer/metered/reserve" in keys
+        assert f"{call.id}/e2/metered/debit" in keys
+        assert balance(h) == (700, 0)
+
+
+def test_a_chain_replays_exactly_after_a_takeover_at_every_step() -> None:
+    def run(fail_at: int | None) -> tuple[list[tuple[str, str | None]], list[Any]]:
+        with ServiceHarness(metered_chain, data=accounts(1000)) as h:
+            call: HarnessCall | None = None
+            for i, step in enumerate([None, *RUN_OUT]):
+                if i == fail_at:
+                    h.hold_peer()
+                if call is None:
+                    call = h.offer(caller="alice", callee="bob")
+                else:
+                    assert step is not None
+                    step(h, call)
+                if i == fail_at:
+                    h.fail_primary(call)
+                    h.release_peer()
+            assert call is not None and call.cdr is not None
+            return [(e.key, e.result) for e in h.effects()], call.commands
+
+    clean = run(None)
+    for fail_at in range(len(RUN_OUT) + 1):
+        assert run(fail_at) == clean, f"takeover at step {fail_at}"
+
+
+def test_a_plan_chains_services_and_names_an_unknown_member() -> None:
+    config = load_config_text('[[plan]]\nservice = "basic"\nnumber = "1"\n')
+    assert ServicePlan(config.plan).resolve("100", "alice") == "basic"
+    with pytest.raises(ConfigError, match=r"plan\[0\]\.service\[1\]: 'nope' is not a service"):
+        load_config_text('[[plan]]\nservice = ["basic", "nope"]\n')
+    with pytest.raises(ConfigError, match=r"plan\[0\]\.service\[1\]: 'basic' appears twice"):
+        load_config_text('[[plan]]\nservice = ["basic", "basic"]\n')
+    chained = PlanEntry(service=["screening", "basic"], number="1")
+    assert ServicePlan([chained]).resolve("100", "alice") == "screening>basic"

@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 
 from twinline.appserver.core import RunHandler, RunOutcome, TimerDue
-from twinline.link.messages import Event, Offered, Reject, Release
+from twinline.link.messages import Action, Event, Offered, Reject, Release, Route
 from twinline.services.api import Service, ServiceCall
+from twinline.services.chain import SEPARATOR, ChainService, member_names
 from twinline.store.base import Store
 
 log = logging.getLogger("twinline.appserver")
@@ -26,12 +27,26 @@ class ServiceRunner:
     def __init__(self, services: Mapping[str, Service[Any]], store: Store | None) -> None:
         self.services = services
         self.store = store
+        self._chains: dict[str, Service[Any]] = {}
         self._encoder = msgspec.msgpack.Encoder()
+
+    def service(self, name: str) -> Service[Any] | None:
+        """The service a call was offered to: one by name, or a chain of them."""
+        found = self.services.get(name)
+        if found is not None or SEPARATOR not in name:
+            return found
+        chain = self._chains.get(name)
+        if chain is None:
+            members = [self.services.get(n) for n in member_names(name)]
+            if any(m is None for m in members):
+                return None
+            chain = self._chains[name] = ChainService(members)  # type: ignore[arg-type]
+        return chain
 
     async def run(self, req: RunHandler) -> RunOutcome:
         inst, item = req.instance, req.item
         record = inst.record
-        service = self.services.get(inst.offered.service)
+        service = self.service(inst.offered.service)
         if service is None:
             # Configuration validation keeps this from happening; never run another
             # service in its place.
@@ -53,6 +68,7 @@ class ServiceRunner:
             inst.call, inst.offered.info, state, now=req.now, run=req.run, timers=timers,
             store=self.store, timezone=getattr(service, "timezone", "UTC"),
             duration=item.duration if isinstance(item, Event) else 0.0,
+            max_duration=record.max_duration,
         )  # fmt: skip
         released = False
         error = False
@@ -79,6 +95,9 @@ class ServiceRunner:
             call.actions = [Release()] if record.answered_at else [Reject(500, "Service Error")]
         if call.cost is not None:
             record = msgspec.structs.replace(record, cost=call.cost[0], currency=call.cost[1])
+        if call.max_duration != record.max_duration:
+            record = msgspec.structs.replace(record, max_duration=call.max_duration)
+        call.actions = [_limited(a, call.max_duration) for a in call.actions]
         for action in call.actions:
             if isinstance(action, Reject):
                 record = msgspec.structs.replace(record, status=action.status, reason=action.reason)
@@ -87,6 +106,15 @@ class ServiceRunner:
             state_bytes=self._encoder.encode(call.state), timers=call.timers,
             actions=call.actions, record=record, released=released, error=error,
         )  # fmt: skip
+
+
+def _limited(action: Action, limit: float) -> Action:
+    """A route carries the call's duration limit (the shorter, when it has its own)."""
+    if not limit or not isinstance(action, Route):
+        return action
+    if action.max_duration and action.max_duration <= limit:
+        return action
+    return msgspec.structs.replace(action, max_duration=limit)
 
 
 def _is_release(item: object) -> bool:

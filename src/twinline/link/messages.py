@@ -292,6 +292,9 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     # What the call cost (`ServiceCall.record_cost`), for its CDR; None: not charged.
     cost: Decimal | None = None
     currency: str = ""
+    # The longest the call may last once answered (`ServiceCall.limit_duration`): every
+    # route the call is given carries it. 0: no limit of the services'.
+    max_duration: float = 0.0
 
 
 class Checkpoint(_Msg, tag="checkpoint", frozen=True, kw_only=True):

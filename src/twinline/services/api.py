@@ -67,10 +67,12 @@ class ServiceCall(Generic[S]):
         "_names",
         "_store",
         "actions",
+        "chained",
         "cost",
         "duration",
         "id",
         "info",
+        "max_duration",
         "now",
         "run",
         "scope",
@@ -92,6 +94,8 @@ class ServiceCall(Generic[S]):
         scope: str = "",
         timezone: str = "UTC",
         duration: float = 0.0,
+        chained: bool = False,
+        max_duration: float = 0.0,
     ) -> None:
         self.id = call_id
         self.info = info
@@ -106,10 +110,17 @@ class ServiceCall(Generic[S]):
         # them (0: never answered). What a call is billed on.
         self.duration = duration
         self.cost: tuple[Decimal, str] | None = None  # what `record_cost` recorded
+        # In a chain with services after this one: not deciding passes the call on.
+        self.chained = chained
+        self.max_duration = max_duration  # the call's limit so far (0: none)
         self.actions: list[Action] = []
         self._names: dict[str, int] = {}
         self._draws = 0
         self._store = store
+
+    @property
+    def store(self) -> Store | None:
+        return self._store
 
     # --- call control ------------------------------------------------------------------
     def route(
@@ -138,6 +149,19 @@ class ServiceCall(Generic[S]):
             diverted_from=diverted_from, history_info=history_info,
         )  # fmt: skip
         self.actions.append(route)
+
+    def limit_duration(self, seconds: float) -> None:
+        """Cap the answered call at `seconds`, whichever service of a chain routes it:
+        every route the call is given, now or later, carries the limit, and the switch
+        enforces it even with no application server left (a prepaid call's credit)."""
+        if not seconds > 0:
+            raise ValueError(f"limit_duration() takes a positive number, not {seconds}")
+        self.max_duration = min(self.max_duration, seconds) if self.max_duration else seconds
+
+    @property
+    def decided(self) -> bool:
+        """A route, reject or release was given in this run."""
+        return bool(self.actions)
 
     def reject(self, status: int, reason: str) -> None:
         """Refuse the call (before it is answered) with a SIP final response."""
@@ -259,8 +283,10 @@ class Service(Generic[S]):
 
     async def route_failed(self, call: ServiceCall[S], status: int, reason: str) -> None:
         """Every destination of the last `route` failed: route elsewhere or give up.
-        By default the caller hears the callee's failure."""
-        call.reject(status, reason)
+        By default the caller hears the callee's failure (in a chain, the services
+        after this one are asked first)."""
+        if not call.chained:
+            call.reject(status, reason)
 
     async def released(self, call: ServiceCall[S], cause: str) -> None:
         """The call is over (`cause`: caller-bye, callee-bye, cancelled, rejected...)."""

@@ -1,6 +1,7 @@
 """Which class a service name means, and each service's own configuration.
 
-A `[[plan]] service` is one of:
+A `[[plan]] service` is one name, or a list of them (a chain: `twinline.services.chain`),
+each one of:
 
 - a service twinline ships (`SERVICES`: `basic`, ...);
 - a plug-in: a class an installed package registers under the entry point group
@@ -132,19 +133,29 @@ def _classes(config: Config) -> dict[str, type[Service[Any]]]:
     classes: dict[str, type[Service[Any]]] = {DEFAULT_SERVICE: service_class(DEFAULT_SERVICE)}
     named: dict[str, tuple[str, type[Service[Any]]]] = {}
     for i, entry in enumerate(config.plan):
-        key = f"plan[{i}].service"
-        try:
-            cls = classes.get(entry.service) or service_class(entry.service)
-        except UnknownService as e:
-            raise ConfigError(f"{key}: {e}") from None
-        earlier = named.get(cls.name)
-        if earlier is not None and earlier[1] is not cls:
-            raise ConfigError(
-                f"{key}: {entry.service!r} is named {cls.name!r}, as {earlier[0]} is:"
-                " each service's settings are [services.NAME], so names must differ"
+        chain = entry.services
+        if not chain:
+            raise ConfigError(f"plan[{i}].service: names no service")
+        for j, spec in enumerate(chain):
+            key = (
+                f"plan[{i}].service"
+                if isinstance(entry.service, str)
+                else f"plan[{i}].service[{j}]"
             )
-        named.setdefault(cls.name, (key, cls))
-        classes[entry.service] = cls
+            if spec in chain[:j]:
+                raise ConfigError(f"{key}: {spec!r} appears twice in the chain")
+            try:
+                cls = classes.get(spec) or service_class(spec)
+            except UnknownService as e:
+                raise ConfigError(f"{key}: {e}") from None
+            earlier = named.get(cls.name)
+            if earlier is not None and earlier[1] is not cls:
+                raise ConfigError(
+                    f"{key}: {spec!r} is named {cls.name!r}, as {earlier[0]} is:"
+                    " each service's settings are [services.NAME], so names must differ"
+                )
+            named.setdefault(cls.name, (key, cls))
+            classes[spec] = cls
     return classes
 
 

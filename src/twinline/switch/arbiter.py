@@ -42,6 +42,7 @@ from twinline.link.messages import (
     RouteOption,
     Takeover,
 )
+from twinline.services.chain import chain_name
 from twinline.sip.errors import SipParseError
 from twinline.sip.message import Request, parse_name_addr
 from twinline.store.records import ActiveCall, Cdr, Role
@@ -220,7 +221,7 @@ class ServicePlan:
     def resolve(self, dialled: str, caller: str) -> str:
         for entry in self.entries:
             if dialled.startswith(entry.number) and caller.startswith(entry.caller):
-                return entry.service
+                return chain_name(entry.services)
         return self.default
 
 

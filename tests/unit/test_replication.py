@@ -247,6 +247,9 @@ class FakeCall:
             def get(self, name: str) -> str:
                 return "<sip:alice@x>;tag=1"
 
+            def get_all(self, name: str) -> list[str]:
+                return []
+
         class Txn:
             request = Req()
 

@@ -90,9 +90,9 @@ class PgServer:
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
         self.dir.chmod(0o700)
 
-    def _run(self, *args: str, timeout: float = 60) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
+    def _run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = {**clean, "LC_ALL": "C", **(env or {})}
         result = subprocess.run(
             [str(self.bin / args[0]), *args[1:]],
             user=self.user,
@@ -142,6 +142,34 @@ class PgServer:
             conf.write(f"port = {self.port}\n")
             for key, value in self.settings.items():
                 conf.write(f"{key} = '{value}'\n")
+
+    def standby(self, *, settings: dict[str, str] | None = None) -> PgServer:
+        """A streaming replica of this (running) server, made with pg_basebackup, not yet
+        started; it recovers from this server and accepts only reads until promoted."""
+        replica = PgServer(settings=settings)
+        replica.password = self.password
+        self._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER,
+            "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast",
+            env={"PGPASSWORD": self.password},
+        )  # fmt: skip
+        # Read last, so these win over the primary's settings copied with the data.
+        with (replica.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"port = {replica.port}\n")
+            conf.write(f"unix_socket_directories = '{replica.dir}'\n")
+            conf.write("primary_conninfo = '" + self._conninfo("standby") + "'\n")
+            # Promoted, it has no standby of its own to wait for.
+            conf.write("synchronous_standby_names = ''\n")
+        return replica
+
+    def _conninfo(self, name: str) -> str:
+        return (
+            f"host=127.0.0.1 port={self.port} user={USER} password={self.password}"
+            f" application_name={name}"
+        )
+
+    def promote(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
 
     def start(self) -> None:
         if not self.data.exists():

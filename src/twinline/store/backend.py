@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from twinline.store import migrate, sql
 from twinline.store.base import OnceOutcome, Row, Store, StoreStats, Tx
-from twinline.store.errors import StoreClosed, StoreError
+from twinline.store.errors import StoreClosed, StoreError, StoreUnavailable
 from twinline.store.records import (
     ActiveCall,
     Cdr,
@@ -29,7 +29,7 @@ from twinline.store.records import (
     SqlValue,
     Statement,
 )
-from twinline.store.writer import Session, Write, Writer
+from twinline.store.writer import Failure, Session, Write, Writer
 
 log = logging.getLogger("twinline.store")
 
@@ -79,6 +79,13 @@ class WriterStore(Store):
         session = self._backend.connect()
         try:
             done = self._backend.migrate(session)
+        except Exception as e:
+            session.close()
+            failure = session.failure(e)
+            if isinstance(e, StoreError) or failure is None:
+                raise
+            error = StoreUnavailable if failure is Failure.LOST else StoreError
+            raise error(f"cannot migrate the database {self._name}: {e}") from e
         except BaseException:
             session.close()
             raise

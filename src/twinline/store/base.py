@@ -90,6 +90,7 @@ class StoreStats:
     errors: int = 0  # failed batches and failed single writes, each logged with its reason
     dropped: int = 0  # batched writes lost to those errors
     pending: int = 0  # items waiting for the writer, approximately
+    held: int = 0  # batched writes held while the database is unreachable
 
 
 class Store(abc.ABC):
@@ -162,7 +163,8 @@ class Store(abc.ABC):
         """Wait until every write enqueued before this call has been committed.
 
         A write that failed has been logged and counted in `stats` (errors, dropped) by
-        the time this returns; it does not raise for it.
+        the time this returns; it does not raise for it. While the database is
+        unreachable, writes are held (`stats.held`) and this waits until it is back.
         """
 
     # --- immediate writes: committed when they return ----------------------------------

@@ -159,13 +159,14 @@ class PgSession(Session):
         self.settings = settings
         self.conn = connect(settings)
         self._tx = _PgTx(self.conn)
+        self._lost = False  # an error said the connection is gone: reopen before the next
 
     @property
     def tx(self) -> Tx:
         return self._tx
 
     def begin(self) -> None:
-        if self.conn.closed or self.conn.broken:
+        if self._lost or self.conn.closed or self.conn.broken:
             self._reconnect()
         self.conn.execute("BEGIN")
 
@@ -175,23 +176,26 @@ class PgSession(Session):
             self.settings.url, autocommit=True, **self.settings.connect_kwargs()
         )
         self._tx = _PgTx(self.conn)
+        self._lost = False
         log.info("store: reconnected to the database (%s)", self.conn.info.host)
 
     def commit(self) -> None:
         self.conn.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.conn.closed or self.conn.broken:
+        if self._lost or self.conn.closed or self.conn.broken:
             return
         if self.conn.info.transaction_status == TransactionStatus.IDLE:
             return
         try:
             self.conn.execute("ROLLBACK")
         except psycopg.Error as e:
-            log.warning("store: rollback failed: %s", e)
+            if not self.conn.broken:  # else: the connection is gone, and the transaction
+                log.warning("store: rollback failed: %s", e)
 
     def failure(self, error: BaseException) -> Failure | None:
         if isinstance(error, StoreUnavailable) or _is_lost(error):
+            self._lost = True
             return Failure.LOST
         if isinstance(error, _CONFLICTS):
             return Failure.CONFLICT
@@ -224,6 +228,7 @@ class PgBackend(Backend):
             max_size=self.settings.pool_size,
             open=False,
             configure=configure,
+            check=ConnectionPool.check_connection,  # a connection a restart killed is replaced
             timeout=self.settings.connect_timeout,
             name="twinline-reads",
         )

@@ -17,6 +17,12 @@ for SQLite and PostgreSQL:
   to the session's `attempts`; a batch that fails for a write's own fault (a bad value,
   a constraint) is replayed write by write, each in a savepoint, so only that write is
   lost, logged with its reason.
+- the database unreachable (a PostgreSQL restart, a failover, a network cut): batches
+  are held, in order, and retried with a growing delay (up to `retry_cap`) until it is
+  back, then written; a `flush` waits for them. Meanwhile immediate operations fail at
+  once with `StoreUnavailable` (run now, they would overtake the held writes; a service
+  answers 503). An operation that finds its idle connection dead is run once more on a
+  new one. Closing waits `drain_timeout` for the database, then drops what is held.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import abc
 import concurrent.futures
 import enum
 import logging
+import math
 import queue
 import random
 import threading
@@ -44,6 +51,9 @@ T = TypeVar("T")
 
 # How many writes a log line about a failed batch names.
 _LOG_WRITES = 5
+# Seconds immediate operations are refused at once after the database was found
+# unreachable (the next one tries again).
+_REFUSE_FOR = 1.0
 
 
 class Failure(enum.Enum):
@@ -171,11 +181,26 @@ class Writer:
         name: str,
         flush_interval: float,
         batch_size: int,
+        retry_cap: float = 2.0,
+        max_held: int = 1_000_000,
+        drain_timeout: float = 10.0,
     ) -> None:
         self._connect = connect
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        # Batches held while the database is unreachable, oldest first, and what waits
+        # for them to be written (flushes).
+        self._backlog: list[list[Write]] = []
+        self._held = 0
+        self._flushes: list[_Barrier] = []
+        self._down_since = 0.0
+        self._down_attempt = 0
+        self._retry_at = 0.0
+        self._ops_refused_until = 0.0
+        self._retry_cap = retry_cap
+        self._max_held = max_held
+        self._drain_timeout = drain_timeout
         self._stats = StoreStats()
         self._stats_lock = threading.Lock()
         self.running = False
@@ -206,7 +231,7 @@ class Writer:
     @property
     def stats(self) -> StoreStats:
         with self._stats_lock:
-            return replace(self._stats, pending=self._queue.qsize())
+            return replace(self._stats, pending=self._queue.qsize(), held=self._held)
 
     # --- the writer thread ---------------------------------------------------------------
 
@@ -243,20 +268,23 @@ class Writer:
         while True:
             if carried is not None:
                 item, carried = carried, None
-            elif batch:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    self._commit_batch(session, batch)
-                    batch = []
-                    continue
-                try:
-                    item = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    self._commit_batch(session, batch)
-                    batch = []
-                    continue
             else:
-                item = self._queue.get()
+                wake = min(
+                    deadline if batch else math.inf, self._retry_at if self._backlog else math.inf
+                )
+                try:
+                    if wake < math.inf:
+                        item = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
+                    else:
+                        item = self._queue.get()
+                except queue.Empty:
+                    now = time.monotonic()
+                    if self._backlog and now >= self._retry_at:
+                        self._retry_backlog(session)
+                    if batch and now >= deadline:
+                        self._commit_batch(session, batch)
+                        batch = []
+                    continue
 
             if isinstance(item, Write):
                 if not batch:
@@ -270,6 +298,8 @@ class Writer:
             if batch:
                 self._commit_batch(session, batch)
                 batch = []
+            if self._backlog and time.monotonic() >= self._retry_at:
+                self._retry_backlog(session)
             if isinstance(item, _Op):
                 ops: list[_Op[Any]] = [item]
                 while len(ops) < self._batch_size:
@@ -281,13 +311,103 @@ class Writer:
                         carried = more  # served next, after these are committed
                         break
                     ops.append(more)
-                self._run_ops(session, ops)
+                if self._backlog or time.monotonic() < self._ops_refused_until:
+                    self._refuse_ops(ops)
+                else:
+                    self._run_ops(session, ops)
             elif item.stop:
+                self._drain_backlog(session)
                 return item
+            elif self._backlog:
+                self._flushes.append(item)  # resolved once the backlog is written
             else:
                 _resolve(item.future, None)
 
-    def _commit_batch(self, session: Session, batch: list[Write]) -> None:
+    # --- while the database is unreachable -----------------------------------------------
+
+    def _hold(self, batch: list[Write], error: BaseException) -> None:
+        """Keep a batch the database could not be reached for, to write it when it is back."""
+        if not self._backlog:
+            self._down_since = time.monotonic()
+            self._down_attempt = 0
+            self._schedule_retry()
+            log.error(
+                "store: the database is unreachable (%s); batched writes are held and"
+                " retried, immediate operations refused until it is back",
+                error,
+            )
+        self._backlog.append(batch)
+        self._held += len(batch)
+        while self._held > self._max_held and len(self._backlog) > 1:
+            oldest = self._backlog.pop(0)
+            self._held -= len(oldest)
+            log.error(
+                "store: dropped %d held writes (%s, ...): more than %d wait for the database",
+                len(oldest),
+                oldest[0].what,
+                self._max_held,
+            )
+            self._count(errors=1, dropped=len(oldest))
+
+    def _schedule_retry(self) -> None:
+        self._down_attempt += 1
+        delay = min(self._retry_cap, 0.05 * 2**self._down_attempt)
+        self._retry_at = time.monotonic() + random.uniform(delay / 2, delay)
+
+    def _retry_backlog(self, session: Session) -> None:
+        """Write the held batches, in order; stop at the first the database is still
+        unreachable for."""
+        while self._backlog:
+            batch = self._backlog[0]
+            if not self._commit_batch(session, batch, holding=True):
+                self._schedule_retry()
+                return
+            self._backlog.pop(0)
+            self._held -= len(batch)
+        log.warning(
+            "store: the database is back after %.1f s; the held writes are written",
+            time.monotonic() - self._down_since,
+        )
+        flushes, self._flushes = self._flushes, []
+        for barrier in flushes:
+            _resolve(barrier.future, None)
+
+    def _refuse_ops(self, ops: list[_Op[Any]]) -> None:
+        """Immediate operations fail at once while writes wait for the database: run now,
+        they would overtake those writes, and their callers need an answer now."""
+        for op in ops:
+            if op.future.set_running_or_notify_cancel():
+                op.future.set_exception(
+                    StoreUnavailable(
+                        f"{op.what}: the database is unreachable ({self._held} writes wait for it)"
+                    )
+                )
+
+    def _drain_backlog(self, session: Session) -> None:
+        """At close: keep trying the held writes for `drain_timeout`, then drop them."""
+        give_up = time.monotonic() + self._drain_timeout
+        while self._backlog and time.monotonic() < give_up:
+            time.sleep(max(0.0, min(self._retry_at, give_up) - time.monotonic()))
+            self._retry_backlog(session)
+        if self._backlog:
+            log.error(
+                "store: closing with the database unreachable: dropped %d held writes",
+                self._held,
+            )
+            self._count(errors=1, dropped=self._held)
+            self._backlog, self._held = [], 0
+        flushes, self._flushes = self._flushes, []
+        for barrier in flushes:
+            _resolve(barrier.future, None)
+
+    # --- committing ----------------------------------------------------------------------
+
+    def _commit_batch(self, session: Session, batch: list[Write], *, holding: bool = False) -> bool:
+        """Commit a batch in one transaction. False: the database is unreachable, and the
+        batch is held (or, `holding`, still held) to be written when it is back."""
+        if self._backlog and not holding:
+            self._hold(batch, StoreUnavailable("unreachable"))  # behind those held before
+            return False
         attempt = 0
         while True:
             attempt += 1
@@ -308,31 +428,32 @@ class Writer:
                         len(batch),
                         e,
                     )
-                    self._commit_one_by_one(session, batch)
-                    return
-                if failure is Failure.CONFLICT and attempt < session.attempts:
+                    return self._commit_one_by_one(session, batch, holding=holding)
+                if failure is Failure.LOST:
+                    # Never dropped: held and written once the database is back. A batch
+                    # whose COMMIT was sent when the connection died may be written twice;
+                    # every batched write is idempotent but a placement, appended again.
+                    if not holding:
+                        self._hold(batch, e)
+                    return False
+                if attempt < session.attempts:
                     self._count(retries=1)
                     session.backoff(attempt)
                     continue
-                reason = (
-                    session.conflict_reason
-                    if failure is Failure.CONFLICT
-                    else "the database is unreachable"
-                )
                 log.error(
                     "store: dropped a batch of %d writes (%s%s): %s: %s",
                     len(batch),
                     ", ".join(w.what for w in batch[:_LOG_WRITES]),
                     ", ..." if len(batch) > _LOG_WRITES else "",
-                    reason,
+                    session.conflict_reason,
                     e,
                 )
                 self._count(errors=1, dropped=len(batch))
-                return
+                return True
             self._count(batches=1, writes=len(batch), rows=rows)
-            return
+            return True
 
-    def _commit_one_by_one(self, session: Session, batch: list[Write]) -> None:
+    def _commit_one_by_one(self, session: Session, batch: list[Write], *, holding: bool) -> bool:
         """Commit a batch with each write in a savepoint, dropping only the writes that fail."""
         written = rows = failed = 0
         try:
@@ -353,12 +474,18 @@ class Writer:
             session.commit()
         except Exception as e:
             session.rollback()
-            if session.failure(e) is None:
+            failure = session.failure(e)
+            if failure is None:
                 raise
+            if failure is Failure.LOST:
+                if not holding:
+                    self._hold(batch, e)
+                return False
             log.error("store: dropped a batch of %d writes: %s", len(batch), e)
             self._count(errors=1, dropped=len(batch))
-            return
+            return True
         self._count(batches=1, writes=written, rows=rows, errors=failed, dropped=failed)
+        return True
 
     def _op_error(self, session: Session, op: _Op[Any], e: BaseException) -> BaseException:
         """What an immediate operation's caller gets when it failed with `e`."""
@@ -386,9 +513,11 @@ class Writer:
         if not ops:
             return  # their callers gave up before they started: nothing was done
         attempt = 0
+        reconnected = False
         while True:
             attempt += 1
             outcomes: list[tuple[bool, Any]] = []
+            committing = False
             try:
                 session.begin()
                 for op in ops:
@@ -402,6 +531,7 @@ class Writer:
                         session.rollback_to_savepoint()
                         outcomes.append((False, self._op_error(session, op, e)))
                     session.release_savepoint()
+                committing = True
                 session.commit()
             except Exception as e:  # noqa: BLE001 - handed to the callers, who raise it
                 session.rollback()
@@ -411,6 +541,17 @@ class Writer:
                     self._count(retries=1)
                     session.backoff(attempt)
                     continue
+                if failure is Failure.LOST and not committing and not reconnected:
+                    # A connection that died while idle (a server restart, a failover)
+                    # is found dead only now: run the operations once more on a new one.
+                    # Not after COMMIT was sent: whether it took effect is unknown.
+                    reconnected = True
+                    self._count(retries=1)
+                    continue
+                if failure is Failure.LOST:
+                    # Refuse the next operations at once for a while rather than wait
+                    # for each to find the database unreachable again.
+                    self._ops_refused_until = time.monotonic() + _REFUSE_FOR
                 for op in ops:
                     op.future.set_exception(self._op_error(session, op, error))
                 return

@@ -3,12 +3,17 @@ link in a form the switches of before still decode."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import msgspec
 import pytest
 
-from twinline.link.messages import CallInfo, Command, Event, Route, RouteOption
+from twinline.appserver.runtime import AppServerRuntime
+from twinline.link.messages import CallInfo, Command, Event, Offered, Outcome, Route, RouteOption
 from twinline.services import Destination
 from twinline.services.api import ServiceCall
+from twinline.services.basic import BasicCall
 from twinline.services.destination import route_action
 
 
@@ -109,3 +114,62 @@ def test_the_new_fields_decode_both_ways_with_the_messages_of_before() -> None:
     before = OldEvent(call="c1", seq=1, kind="answered", at=1.0, status=200)
     decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(before), type=Event)
     assert (decoded.destination, decoded.outcomes, decoded.duration) == ("", [], 0.0)
+
+
+def test_a_handler_reads_the_event_it_handles() -> None:
+    seen: list[tuple[str, Event | None]] = []
+
+    class Recorder(BasicCall):
+        async def offered(self, call: Any) -> None:
+            seen.append(("offered", call.event))
+            call.route("bob", "carol")
+
+        async def route_failed(self, call: Any, status: int, reason: str) -> None:
+            seen.append(("route_failed", call.event))
+            call.route("dave")
+
+        async def answered(self, call: Any) -> None:
+            seen.append(("answered", call.event))
+
+        async def released(self, call: Any, cause: str) -> None:
+            seen.append(("released", call.event))
+
+    sent: list[msgspec.Struct] = []
+    runtime = AppServerRuntime(
+        "as1", {"basic": Recorder(None)}, None,
+        to_switch=sent.append, to_peer=lambda p, m: False, wall=lambda: 1.0,
+    )  # fmt: skip
+    failed = Event(
+        call="c1", seq=1, kind="route_failed", at=2.0, status=486, reason="Busy Here",
+        destination="carol",
+        outcomes=[Outcome("bob", 480, "No Answer"), Outcome("carol", 486, "Busy Here")],
+    )  # fmt: skip
+    answered = Event(call="c1", seq=2, kind="answered", at=3.0, status=200, destination="dave")
+    released = Event(call="c1", seq=3, kind="released", at=45.5, cause="callee-bye", duration=42.5)
+
+    async def scenario() -> None:
+        runtime.offered(
+            Offered(
+                call="c1",
+                epoch=1,
+                role="primary",
+                primary="as1",
+                standby=None,
+                service="basic",
+                info=CallInfo(caller="alice", callee="bob"),
+            )
+        )
+        for event in (failed, answered, released):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            runtime.event(event)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert seen == [
+        ("offered", None),
+        ("route_failed", failed),
+        ("answered", answered),
+        ("released", released),
+    ]

@@ -69,6 +69,7 @@ class ServiceRunner:
             store=self.store, timezone=getattr(service, "timezone", "UTC"),
             duration=item.duration if isinstance(item, Event) else 0.0,
             max_duration=record.max_duration,
+            event=item if isinstance(item, Event) else None,
         )  # fmt: skip
         released = False
         error = False

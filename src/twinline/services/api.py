@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from twinline.link.messages import Action, CallInfo, Reject, Release
+from twinline.link.messages import Action, CallInfo, Event, Reject, Release
 from twinline.services.destination import Destination, DiversionReason, route_action
 from twinline.store.records import Statement
 
@@ -70,6 +70,7 @@ class ServiceCall(Generic[S]):
         "chained",
         "cost",
         "duration",
+        "event",
         "id",
         "info",
         "max_duration",
@@ -96,6 +97,7 @@ class ServiceCall(Generic[S]):
         duration: float = 0.0,
         chained: bool = False,
         max_duration: float = 0.0,
+        event: Event | None = None,
     ) -> None:
         self.id = call_id
         self.info = info
@@ -113,6 +115,10 @@ class ServiceCall(Generic[S]):
         # In a chain with services after this one: not deciding passes the call on.
         self.chained = chained
         self.max_duration = max_duration  # the call's limit so far (0: none)
+        # The switch's event this run handles (None for the offer and timers): which
+        # destination rang, answered or failed (`destination`), every destination's
+        # outcome (`outcomes`, route_failed), the answered duration (`duration`, released).
+        self.event = event
         self.actions: list[Action] = []
         self._names: dict[str, int] = {}
         self._draws = 0

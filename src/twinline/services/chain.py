@@ -110,7 +110,7 @@ class ChainService(Service[ChainState]):
             call.id, call.info, state, now=call.now, run=call.run, timers=timers,
             store=call.store, scope=member.name, timezone=call.timezone,
             chained=i < len(self.members) - 1, max_duration=call.max_duration,
-            duration=call.duration,
+            duration=call.duration, event=call.event,
         )  # fmt: skip
         sub.actions = call.actions  # one list: what a member decides is the call's decision
         try:

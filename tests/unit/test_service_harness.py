@@ -4,6 +4,7 @@ applies every side effect once, under the same key, with the same result."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -12,13 +13,15 @@ import pytest
 from examples.metered_call import SCHEMA, MeteredCall
 
 from twinline.config import ConfigError, PlanEntry, load_config_text
-from twinline.link.messages import Reject, Release, Route
+from twinline.link.messages import CallInfo, Reject, Release, Route
 from twinline.services.api import Service, ServiceCall
 from twinline.services.basic import BasicCall
 from twinline.services.chain import ChainService
 from twinline.services.testing import HarnessCall, ServiceHarness
 from twinline.store import Tx
 from twinline.switch.arbiter import ServicePlan
+
+INFO_UTC = CallInfo(caller="alice", callee="bob")
 
 
 def accounts(seconds: int) -> Callable[[Tx], None]:
@@ -271,3 +274,29 @@ def test_a_plan_chains_services_and_names_an_unknown_member() -> None:
         load_config_text('[[plan]]\nservice = ["basic", "basic"]\n')
     chained = PlanEntry(service=["screening", "basic"], number="1")
     assert ServicePlan([chained]).resolve("100", "alice") == "screening>basic"
+
+
+# --- deterministic helpers -------------------------------------------------------------------
+
+
+def test_random_draws_replay_the_same_and_split_by_their_weights() -> None:
+    def draw(call_id: str, run: str) -> list[float]:
+        call = ServiceCall(call_id, INFO_UTC, TimerAndEvent(), now=0.0, run=run, timers={},
+                           store=None)  # fmt: skip
+        return [call.random("split"), call.random("split"), call.random("other")]
+
+    assert draw("c1", "offer") == draw("c1", "offer")  # a replay draws the same
+    first, second, other = draw("c1", "offer")
+    assert len({first, second, other}) == 3
+    assert draw("c1", "e2") != draw("c1", "offer")
+    shares = [draw(f"c{n}", "offer")[0] < 0.3 for n in range(4000)]
+    assert 0.27 < sum(shares) / len(shares) < 0.33
+
+
+def test_local_time_is_now_in_the_services_time_zone() -> None:
+    call = ServiceCall("c1", INFO_UTC, TimerAndEvent(), now=1_700_000_000.0, run="offer",
+                       timers={}, store=None, timezone="Europe/Paris")  # fmt: skip
+    paris = call.local_time()
+    assert (paris.hour, paris.minute, paris.utcoffset()) == (23, 13, dt.timedelta(hours=1))
+    assert call.local_time("UTC").hour == 22
+    assert call.local_time("America/New_York").hour == 17

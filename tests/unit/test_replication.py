@@ -608,3 +608,16 @@ def test_a_late_checkpoint_for_a_dropped_call_creates_no_instance() -> None:
         assert wire.rt["as2"].instances["c1"].version == newer.version
 
     asyncio.run(scenario())
+
+
+def test_a_call_for_a_service_this_server_lacks_is_refused_not_run_as_another() -> None:
+    async def scenario() -> None:
+        wire = Wire()
+        unknown = msgspec.structs.replace(offered("primary"), service="nope")
+        wire.rt["as1"].offered(unknown)
+        wire.rt["as2"].offered(msgspec.structs.replace(unknown, role="standby"))
+        await settle()
+        (cmd,) = wire.to_switch["as1"]
+        assert isinstance(cmd, Command) and cmd.action == Reject(500, "Service Unavailable")
+
+    asyncio.run(scenario())

@@ -171,6 +171,38 @@ def up(
     sys.exit(supervisor.run())
 
 
+@main.command()
+@click.option("--calls", type=click.IntRange(10, 100_000), default=600, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 500),
+    default=30.0,
+    show_default=True,
+    help="Calls placed per second.",
+)
+@click.option(
+    "--hold",
+    type=click.FloatRange(0.5, 600),
+    default=4.0,
+    show_default=True,
+    help="Seconds each answered call stays up.",
+)
+@click.option(
+    "--view/--no-view",
+    default=None,
+    help="The live view (default: when standard error is a terminal).",
+)
+def demo(calls: int, rate: float, hold: float, view: bool | None) -> None:
+    """Show twinline at work in a minute: start a switch and two application servers,
+    place calls, kill -9 a server in the middle of them, restart it, and report: calls
+    placed, completed, dropped (zero), takeover time. Needs nothing but this package."""
+    from twinline.demo.run import Plan, run_demo  # noqa: PLC0415
+
+    if view is None:
+        view = sys.stderr.isatty()
+    sys.exit(run_demo(Plan(calls=calls, rate=rate, hold=hold), view=view))
+
+
 @main.group(name="config")
 def config_group() -> None:
     """Work with configuration files."""

@@ -61,6 +61,9 @@ class Field:
     kind: Literal["counter", "gauge"] = "counter"
     labels: Mapping[str, str] = field(default_factory=dict)
     key_label: str = "key"
+    # For a mapping field: keys exported at 0 before they are counted, so that rates
+    # and alerts on them have a series from the start.
+    keys: tuple[str, ...] = ()
 
 
 Fields = Mapping[str, Field]
@@ -131,8 +134,11 @@ class Families:
             if isinstance(value, Histogram):
                 self.histogram(spec.metric, spec.help, value, own)
             elif isinstance(value, Mapping):
-                for key, n in sorted(value.items(), key=lambda kv: str(kv[0])):
-                    self._number(spec, n, {**own, spec.key_label: str(key)})
+                counts = {str(k): n for k, n in value.items()}
+                for key in spec.keys:
+                    counts.setdefault(key, 0)
+                for key, n in sorted(counts.items()):
+                    self._number(spec, n, {**own, spec.key_label: key})
             elif isinstance(value, int | float):
                 self._number(spec, value, own)
 

@@ -47,10 +47,16 @@ SWITCH_FIELDS: Fields = {
         "Answered calls released because a leg's RFC 4028 session timer ran out",
     ),
     "requests": Field(
-        "twinline_sip_requests_received", "SIP requests received, by method", key_label="method"
+        "twinline_sip_requests_received",
+        "SIP requests received, by method",
+        key_label="method",
+        keys=("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS"),
     ),
     "responses": Field(
-        "twinline_sip_responses_received", "SIP responses received, by code", key_label="code"
+        "twinline_sip_responses_received",
+        "SIP responses received, by code",
+        key_label="code",
+        keys=("180", "200", "486", "487"),
     ),
     "setup_time": Field("twinline_call_setup_seconds", "From a call's INVITE to its answer"),
     "duration": Field("twinline_call_duration_seconds", "From a call's answer to its end"),
@@ -115,11 +121,11 @@ def switch_collector(server: SwitchServer) -> Callable[[Families], None]:
             "From a failure (or handover) noticed to the last of its calls re-owned",
             server.takeover_time,
         )
-        for reason, n in sorted(server.takeover_runs.items()):
+        for reason in ("failure", "handover"):
             families.counter(
                 "twinline_takeovers",
                 "Takeover runs (one per server failure or handover) by reason",
-                n,
+                server.takeover_runs[reason],
                 {"reason": reason},
             )
         arbiter = server.arbiter

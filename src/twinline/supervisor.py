@@ -161,6 +161,21 @@ class Supervisor:
             time.sleep(0.2)
         return self.stop()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one process, as a crash would (`twinline demo`)."""
+        child = next(c for c in self.children if c.name == name)
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()
+        child.reported_exit = True
+
+    def respawn(self, name: str) -> None:
+        """Start a process that exited again, with the same command line."""
+        child = next(c for c in self.children if c.name == name)
+        if child.proc is None or child.proc.poll() is not None:
+            child.reported_exit = False
+            self._spawn(child)
+
     def check_children(self) -> list[str]:
         """Processes that exited since the last call, as sentences."""
         notes = []

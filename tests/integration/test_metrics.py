@@ -9,6 +9,7 @@ application server is killed with SIGKILL.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -176,3 +177,17 @@ def test_a_killed_server_shows_as_a_takeover(cluster: Cluster, sipp: Sipp) -> No
     as2 = scrape(cluster.metrics_urls()["as2"])
     assert as2.value("twinline_instance_takeovers_total") == moved
     assert as2.value("twinline_link_up", link="peer", peer="as1") == 0
+
+
+def test_the_grafana_dashboard_and_the_docs_name_only_metrics_that_exist(cluster: Cluster) -> None:
+    exported: set[str] = set()
+    for s in scrape_all(cluster).values():
+        exported |= set(s.samples)
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for name in ("grafana-dashboard.json", "operations.md"):
+        text = (docs / name).read_text()
+        named = set(re.findall(r"\b(twinline_[a-z_]+[a-z])\b", text))
+        # Families the docs write with a placeholder or as a prefix are not names.
+        named = {n for n in named if not n.endswith(("_", "_service")) and "<" not in n}
+        missing = {n for n in named if not {n, f"{n}_total", f"{n}_count"} & exported}
+        assert not missing, f"{name} names metrics no process exports: {sorted(missing)}"

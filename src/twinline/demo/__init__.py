@@ -1,0 +1,1 @@
+"""`twinline demo`: the system, a call generator, a failure and its takeover, live."""

@@ -334,13 +334,7 @@ class Arbiter:
         self.stats.takeovers += 1
         run.pending.add(own.call.id)
         self._pending_by_call[own.call.id] = run
-        self.send(
-            new,
-            Takeover(
-                call=own.call.id, epoch=own.epoch, standby=own.standby,
-                executed=own.executed, event_seq=own.event_seq, events=list(own.events),
-            ),
-        )  # fmt: skip
+        self.send(new, self._move_message(own, adopt=False))
         if planned:
             self.send(old, Drop(call=own.call.id))
         if standby is not None:
@@ -362,13 +356,7 @@ class Arbiter:
         run.adopted += 1
         run.pending.add(own.call.id)
         self._pending_by_call[own.call.id] = run
-        self.send(
-            primary.name,
-            Adopt(
-                call=own.call.id, epoch=own.epoch, standby=own.standby, executed=own.executed,
-                offered=own.offered, events=list(own.events),
-            ),
-        )  # fmt: skip
+        self.send(primary.name, self._move_message(own, adopt=True))
         if standby is not None:
             self._offer_standby(own)
         self._record(own)
@@ -394,7 +382,8 @@ class Arbiter:
         """A released call's primary went before confirming its CDR: the standby, which
         holds the release event, takes over just to finish it."""
         old, new = own.primary, own.standby
-        if new is None or self.servers[new].state is ServerState.DOWN:
+        adopt = new is None or self.servers[new].state is ServerState.DOWN
+        if adopt:
             # The release event is in the switch's log: a live server adopts the call
             # just to finish it (its CDR, its last effects); with none, the switch
             # writes the CDR from what it knows.
@@ -407,33 +396,30 @@ class Arbiter:
                     self.recorder.write_cdr(self._switch_cdr(own))
                 return
             new = placed[0].name
-            own.epoch += 1
-            own.primary, own.standby = new, None
             run.adopted += 1
             self.stats.adopted += 1
-            self.send(
-                new,
-                Adopt(
-                    call=own.call.id, epoch=own.epoch, standby=None, executed=own.executed,
-                    offered=own.offered, events=list(own.events),
-                ),
-            )  # fmt: skip
-            if planned and old is not None:
-                self.send(old, Drop(call=own.call.id))
-            return
+        else:
+            run.calls += 1
+            self.stats.takeovers += 1
+        assert new is not None
         own.epoch += 1
         own.primary, own.standby = new, None
-        run.calls += 1
-        self.stats.takeovers += 1
-        self.send(
-            new,
-            Takeover(
-                call=own.call.id, epoch=own.epoch, standby=None, executed=own.executed,
-                event_seq=own.event_seq, events=list(own.events),
-            ),
-        )  # fmt: skip
+        self.send(new, self._move_message(own, adopt=adopt))
         if planned and old is not None:
             self.send(old, Drop(call=own.call.id))
+
+    def _move_message(self, own: Ownership, *, adopt: bool) -> Adopt | Takeover:
+        """What makes the call's new primary take it on: a takeover of its standby
+        instance, or an adoption from the database and the switch's events."""
+        if adopt:
+            return Adopt(
+                call=own.call.id, epoch=own.epoch, standby=own.standby, executed=own.executed,
+                offered=own.offered, events=list(own.events),
+            )  # fmt: skip
+        return Takeover(
+            call=own.call.id, epoch=own.epoch, standby=own.standby, executed=own.executed,
+            event_seq=own.event_seq, events=list(own.events),
+        )  # fmt: skip
 
     def finished(self, server: str, msg: Finished) -> None:
         own = self.finishing.get(msg.call)

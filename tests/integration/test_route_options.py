@@ -5,11 +5,16 @@ calls to 5... to a service loaded by `module:Class` from this package
 (plugin_service.Hunt, settings in `[services.hunt]`). The service routes to the
 numbers its settings give, with their route options; routes send 1... and 2... to
 two SIPp callees. Assertions come from SIPp (each side's scenario, including a regexp
-check of the Diversion header at the callee) and from the CDRs in the database.
+check of the Diversion header at the callee) and from the CDRs in the database. The
+last test kills the only application server (SIGKILL) once the call is answered: the
+switch alone ends it at its maximum duration.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +141,40 @@ def test_the_switch_ends_an_answered_call_at_its_maximum_duration(
     ((cause, _, disposition, _, talk),) = cdrs
     assert (cause, disposition) == ("max-duration", "answered")
     assert 2.0 <= talk < 3.0, talk
+
+
+def test_the_maximum_duration_holds_with_every_application_server_gone(
+    tmp_path: Path, sipp: Sipp, callees: dict[str, int]
+) -> None:
+    # One application server, killed once the call is answered: the switch alone
+    # still ends the call at its maximum duration.
+    second = sipp.start_uas("second", scenario("uas_answer.xml"), port=callees["second"])
+    cluster = start(tmp_path, callees, 'destinations = ["2000"]\nmax_duration = 4.0')
+    try:
+        run = sipp.start_uac(
+            "caller", scenario("uac_callee_bye.xml"), cluster.sip_address, port=free_port(),
+            calls=1, rate=1, service=DIALLED, timeout_s=60, recv_timeout_ms=20000,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while cluster.status()["calls"]["answered"] < 1:
+            assert time.monotonic() < deadline, "the call was not answered"
+            time.sleep(0.1)
+        (pid,) = [s["pid"] for s in cluster.status()["servers"]]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        run.finish()
+        run.check(successful=1, created=1, context=cluster.log()[-3000:])
+        assert cluster.status()["servers"][0]["state"] == "down"
+        assert time.monotonic() - killed < 6.0
+    finally:
+        second.wait_for_calls(total=1, timeout=20)
+        second.stop()
+        second.check(successful=1, created=1)
+        cluster.stop()
+    ((cause, _, disposition, _, talk),) = cluster.query(
+        "SELECT cause, service, disposition, answered_at - started_at, ended_at - answered_at"
+        " FROM cdrs"
+    )
+    assert cause.startswith("max-duration"), cause
+    assert disposition == "answered"
+    assert 4.0 <= talk < 5.0, talk

@@ -252,3 +252,26 @@ def test_dns_settings_out_of_range_are_config_errors(key: str, value: str) -> No
 
     with pytest.raises(ConfigError, match=rf"^switch\.dns\.{key}: "):
         load_config_text(f"[switch.dns]\n{key} = {value}\n")
+
+
+def test_lookups_in_flight_are_bounded(run) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        dns = FakeDns()
+        r = Resolver(dns, max_pending=2)
+        got, then = collect()
+        for name in ("a.example", "b.example", "c.example"):
+            r.resolve(name, then)
+        await settle()
+        assert dns.asked == ["a.example", "b.example"]
+        assert got == [None]  # the third name failed at once...
+        assert "c.example" not in r.failed  # ...without being remembered as failed
+        r.resolve("a.example", then)  # joins the lookup under way
+        dns.answer("a.example", "192.0.2.1")
+        await settle()
+        assert got[1:] == [("192.0.2.1", socket.AF_INET)] * 2
+        r.resolve("c.example", then)  # room again
+        await settle()
+        assert dns.asked == ["a.example", "b.example", "c.example"]
+        r.close()
+
+    run(main())

@@ -14,6 +14,12 @@ up again. A failure (no such name, no answer within `switch.dns.timeout`) is kep
 once instead of piling up lookups. Address literals are parsed once and kept until the
 cache is full (they never change). Entries expire by loop timers, not by a time check
 on each send.
+
+At most `max_pending` names are looked up at once: a lookup that hangs holds a worker
+thread until the system resolver gives up (it cannot be cancelled), so a peer that
+makes the switch look up many names that never answer (Contacts in registrations, say)
+could otherwise tie up the pool that every other lookup needs. Past the bound, a new
+name fails at once (without being remembered as failed) until lookups finish.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ DEFAULT_TTL = 60.0
 DEFAULT_NEGATIVE_TTL = 10.0
 DEFAULT_TIMEOUT = 5.0
 CACHE_SIZE = 65536
+# Well under the default thread pool's workers times the lookups each finishes per
+# timeout; far above the few names a switch's routes and phones use.
+MAX_PENDING = 64
 
 
 def family_of(address: str) -> int:
@@ -69,12 +78,14 @@ class Resolver:
         negative_ttl: float = DEFAULT_NEGATIVE_TTL,
         timeout: float = DEFAULT_TIMEOUT,
         max_entries: int = CACHE_SIZE,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.lookup = lookup
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.timeout = timeout
         self.max_entries = max_entries
+        self.max_pending = max_pending
         # Read by the transport on every send; never rebound, only changed in place.
         self.cache: dict[str, Resolved] = {}
         self.failed: set[str] = set()
@@ -104,6 +115,10 @@ class Resolver:
         waiting = self._waiting.get(host)
         if waiting is not None:
             waiting.append(then)
+            return
+        if len(self._waiting) >= self.max_pending:
+            self.failures += 1
+            loop.call_soon(then, None)
             return
         self._waiting[host] = [then]
         task = loop.create_task(self._lookup(host))

@@ -381,3 +381,24 @@ def test_a_486_whose_to_cannot_be_read_is_acked_with_the_invites_to() -> None:
     acks = [s for s in out if s.address == CALLEE]
     assert len(acks) == 1 and acks[0].req.method == "ACK"
     assert acks[0].req.get("To") == "<sip:555@127.0.0.1:5062>"
+
+
+def test_a_200_whose_to_cannot_be_read_leaves_the_dialog_with_the_invites_to() -> None:
+    # The same cut To on a 200: the B leg's dialog took it as its remote party, and the
+    # ACK (and every later in-dialog request) carried it, unparsable.
+    sw = Switch()
+    b_invite = sw.receive(INVITE, CALLER)[-1].data
+    resp = response_bytes(
+        parse_request(b_invite), 200, "OK", to_tag="b1", contact="<sip:pbx@127.0.0.1:5062>",
+        body=SDP_ANSWER, content_type="application/sdp",
+    )  # fmt: skip
+    broken = resp.replace(
+        b"To: <sip:555@127.0.0.1:5062>;tag=b1", b"To: <sip:555@12\r\n7.0.0.1:5062>;tag=b1"
+    )
+    assert broken != resp
+    out = sw.receive(broken, CALLEE)
+    acks = [s for s in out if s.address == CALLEE]
+    assert len(acks) == 1 and acks[0].req.method == "ACK"
+    assert acks[0].req.get("To") == "<sip:555@127.0.0.1:5062>"
+    call = next(iter(sw.core.calls.values()))
+    assert call.b is not None and call.b.remote_party == "<sip:555@127.0.0.1:5062>"

@@ -516,6 +516,24 @@ def parse_name_addr(value: str) -> NameAddr:
     return NameAddr("", uri, parse_params(semi + ptext))
 
 
+def readable_party(value: str | None, fallback: str, tag: str) -> str:
+    """A response's To (or From) as the next request of its dialog may carry it.
+
+    A response's addresses are not parsed as addresses on the way in (a B2BUA needs only
+    their tags, and a full parse on every response costs), so one that does not read as
+    an address gives way to `fallback` (the address as we sent it) with the response's
+    `tag`, rather than going out again in a request no parser would take.
+    """
+    if value:
+        try:
+            parse_name_addr(value)
+        except SipParseError:
+            pass
+        else:
+            return value
+    return f"{fallback};tag={tag}" if tag and is_token(tag) else fallback
+
+
 def _is_display_name(display: str, quote_end: int) -> bool:
     """``display-name = *(token LWS) / quoted-string`` (RFC 3261 25.1).
 

@@ -49,8 +49,7 @@ import enum
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
-from twinline.sip.errors import SipParseError
-from twinline.sip.message import Request, Response, parse_name_addr
+from twinline.sip.message import Request, Response, readable_party
 from twinline.timers import Timer, TimerHeap
 
 # (transport, host, port): where a message came from or goes to. "tcp" means a stream;
@@ -362,18 +361,9 @@ class ClientInviteTransaction(ClientTransaction):
 
 
 def _ack_to(invite: Request, resp: Response) -> str:
-    """The To of the ACK for a non-2xx: the response's (RFC 3261 17.1.1.3). The parser
-    does not read a response's To as an address (a B2BUA needs only its tag, and a full
-    parse on every response costs), so a To it cannot read is replaced by the INVITE's
-    with the response's tag rather than echoed into an ACK no parser would take."""
-    to = resp.get("To") or ""
-    try:
-        parse_name_addr(to)
-    except SipParseError:
-        to = invite.get("To") or ""
-        if resp.to_tag:
-            to = f"{to};tag={resp.to_tag}"
-    return to
+    """The To of the ACK for a non-2xx: the response's (RFC 3261 17.1.1.3), or the
+    INVITE's with the response's tag when the response's cannot be read."""
+    return readable_party(resp.get("To"), invite.get("To") or "", resp.to_tag)
 
 
 class ClientNonInviteTransaction(ClientTransaction):

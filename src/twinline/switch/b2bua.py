@@ -31,6 +31,7 @@ from twinline.sip.message import (
     parse_name_addr,
     parse_uri,
     parse_via,
+    readable_party,
     response_to,
 )
 from twinline.sip.transaction import (
@@ -612,7 +613,7 @@ class SwitchCore:
             call.no_answer.cancel()
             call.no_answer = None
         b.remote_tag = resp.to_tag
-        b.remote_party = resp.get("To") or b.remote_party
+        b.remote_party = readable_party(resp.get("To"), b.remote_party, resp.to_tag)
         b.remote_target = target
         b.route_set = list(reversed(resp.get_all("Record-Route")))
         if b.address[0] not in STREAMS:
@@ -652,7 +653,8 @@ class SwitchCore:
             target, address = b.remote_target, b.address
         stray = Leg(
             side=Side.B, call_id=b.call_id, local_tag=b.local_tag,
-            local_party=b.local_party, remote_party=resp.get("To") or b.remote_party,
+            local_party=b.local_party,
+            remote_party=readable_party(resp.get("To"), b.remote_party, resp.to_tag),
             remote_tag=resp.to_tag, remote_target=target,
             route_set=list(reversed(resp.get_all("Record-Route"))),
             address=b.address if b.address[0] in STREAMS else address, local_cseq=b.local_cseq,

@@ -186,6 +186,11 @@ STORE_FIELDS: Fields = {
     "pending": Field(
         "twinline_db_queue_depth", "Writes waiting for the database writer", kind="gauge"
     ),
+    "held": Field(
+        "twinline_db_held_writes",
+        "Batched writes held while the database is unreachable",
+        kind="gauge",
+    ),
 }
 
 

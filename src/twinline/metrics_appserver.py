@@ -36,6 +36,9 @@ RUNTIME_FIELDS: Fields = {
     ),
     "events_replayed": Field("twinline_events_replayed", "Buffered events replayed at takeover"),
     "takeovers": Field("twinline_instance_takeovers", "Standby instances that became primary"),
+    "adoptions": Field(
+        "twinline_adoptions", "Calls adopted from the database after losing both instances"
+    ),
     "cdrs_written": Field("twinline_cdrs_written", "Call detail records written"),
 }
 

@@ -45,6 +45,7 @@ class Chaos:
         ctl: dict[str, str] | None = None,
         link_port: int | None = None,
         link_tls: Certs | None = None,
+        extra_config: str = "",
     ) -> ChaosCluster:
         cluster = ChaosCluster(
             directory=self.directory / f"cluster{len(self.clusters) + 1}",
@@ -56,6 +57,7 @@ class Chaos:
             transport=transport,
             ctl=dict(ctl or {}),
             link_tls=link_tls,
+            extra_config=extra_config,
         )
         self.clusters.append(cluster)
         cluster.start()

@@ -178,7 +178,8 @@ url = "sqlite:///{self.db_path}"
 prefix = ""
 target = "127.0.0.1:{self.callee_port}"
 transport = "{self.transport}"
-"""
+
+{self.extra_config}"""
         )
 
     def _link_tls(self) -> str:

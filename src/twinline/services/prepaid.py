@@ -251,12 +251,11 @@ class Prepaid(Service[PrepaidState]):
             call.reject(403, outcome.cause.value)
             return
         state.grant = outcome
-        limit = outcome.max_seconds
-        if limit is not None and hasattr(call, "limit_duration"):
-            call.limit_duration(limit)
-        if dial is None and getattr(call, "chained", False):
+        if outcome.max_seconds is not None:
+            call.limit_duration(outcome.max_seconds)  # every route carries it to the switch
+        if dial is None and call.chained:
             return  # authorized and limited: a service after this one routes
-        call.route(state.destination, max_duration=limit)
+        call.route(state.destination)
 
     async def answered(self, call: ServiceCall[PrepaidState]) -> None:
         state = call.state

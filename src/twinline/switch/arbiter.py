@@ -613,6 +613,10 @@ class Arbiter:
         run = self._pending_by_call.pop(call.id, None)
         if run is not None:
             run.pending.discard(call.id)
+            if not run.pending and run.finished is None:
+                # The run's last call ended before its new primary said Owned (a
+                # replayed offer rejected at once): no Owned will complete the run.
+                run.finished, run.finished_wall = now, self.wall()
         if self.recorder is not None:
             self.recorder.call_ended(call.id)
 

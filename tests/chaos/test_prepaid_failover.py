@@ -1,0 +1,217 @@
+"""Prepaid under failure: calls billed exactly once while servers are killed.
+
+Two application servers; every call is prepaid. 500 calls of random durations from
+20 accounts, five of which hold credit for 30 seconds of talk in all, far less
+than their calls want: their calls are refused for lack of credit when a parallel call
+holds what is left (403 No Credit, counted), or released when their credit runs out.
+The callee rings 2 s before it answers. Meanwhile the primary server of live calls is
+killed (kill -9) at random moments, then restarted, again and again: calls are caught
+in setup, ringing, talking, at the credit's release and at the final debit.
+
+At the end, from the database: each account's balance is its opening balance minus the
+sum of its CDRs' costs, exactly; one CDR per call and at most one debit, equal to the
+CDR's cost; no balance below zero and no hold left; no call talked more than 1 s past
+the credit its reservation bought. From SIPp: no failed call on either side, and the
+refusals it logged are the CDRs' 403 No Credit, one for one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from integration.switchproc import free_port
+from twinline.services.rating import Tariff, duration_for
+
+from .conftest import Chaos
+from .harness import ChaosCluster, scenario, uas_done
+
+pytestmark = pytest.mark.integration
+
+CALLS = 500
+RATE = 10  # calls a second
+ACCOUNTS = 20
+POOR = 5  # accounts with credit for less than their calls
+RICH_BALANCE = Decimal("50.00")
+POOR_BALANCE = Decimal("0.30")  # 30 s at 0.60 a minute
+TARIFF = Tariff(per_minute=Decimal("0.60"), initial=1, increment=1)
+# How long a call talks, in half seconds: 1 to 8 s, a poor account's 4 to 15 s (its
+# credit runs out during some of them).
+TICKS = {False: (2, 16), True: (8, 30)}
+UNITS = Decimal(10) ** 6  # money in the database: millionths
+
+# A call holds at most a minute of credit (0.60): a rich account's calls never wait
+# for one another, a poor account's first call holds all it has.
+PLAN = """
+[[plan]]
+service = "prepaid"
+number = "33"
+
+[services.prepaid]
+hold_seconds = 60
+"""
+
+
+def identity(i: int) -> str:
+    return f"4470000{i:04d}"
+
+
+def seed(cluster: ChaosCluster, directory: Path) -> dict[str, Decimal]:
+    """Accounts and the rate, imported from CSV files as an operator would."""
+    opening = {f"acct{i:02d}": POOR_BALANCE if i < POOR else RICH_BALANCE for i in range(ACCOUNTS)}
+    accounts = directory / "accounts.csv"
+    accounts.write_text(
+        "id,currency,balance,identities\n"
+        + "".join(f"{a},EUR,{b},{identity(i)}\n" for i, (a, b) in enumerate(opening.items()))
+    )
+    rates = directory / "rates.csv"
+    rates.write_text(
+        f"plan,prefix,currency,per_minute,increments\ndefault,33,EUR,{TARIFF.per_minute},1/1\n"
+    )
+    for table, path in (("accounts", accounts), ("rates", rates)):
+        done = cluster.cli(table, "import", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+    return opening
+
+
+@pytest.mark.timeout(240)
+def test_prepaid_calls_are_billed_exactly_once_while_servers_are_killed(chaos: Chaos) -> None:
+    rng = random.Random()
+    run_seed = rng.randrange(1 << 32)
+    rng.seed(run_seed)
+    chaos.m.note("prepaid: seed", run_seed)
+    cluster = chaos.cluster(servers=2, extra_config=PLAN)
+    directory = chaos.directory
+    opening = seed(cluster, directory)
+    injection = directory / "calls.csv"
+    injection.write_text(
+        "SEQUENTIAL\n"
+        + "".join(
+            f"{identity(a)};33{rng.randrange(10**9):09d};{rng.randint(*TICKS[a < POOR])};\n"
+            for a in (rng.randrange(ACCOUNTS) for _ in range(CALLS))
+        )
+    )
+    sipp_log = chaos.sipp.directory / "prepaid_logs.log"
+    callee = chaos.sipp.start_uas(
+        "callee", scenario("uas_ring_answer.xml"), port=cluster.callee_port,
+        transport=cluster.sipp_transport, recv_timeout_ms=60_000, timeout_s=200,
+    )  # fmt: skip
+    caller = chaos.sipp.start_uac(
+        "prepaid", scenario("uac_prepaid.xml"), cluster.sip_address, port=free_port(),
+        transport=cluster.sipp_transport, calls=CALLS, rate=RATE, timeout_s=150,
+        extra=("-inf", str(injection), "-trace_logs", "-log_file", str(sipp_log)),
+    )  # fmt: skip
+
+    # Kill the primary of live calls at random moments while calls come and go.
+    kills: list[str] = []
+    stop_at = time.monotonic() + CALLS / RATE + 4
+    while caller.running and time.monotonic() < stop_at:
+        time.sleep(rng.uniform(0.3, 2.5))
+        status = cluster.api()
+        up = [s for s in status["servers"] if s["state"] == "up"]
+        victims = [s for s in up if s["primary"] > 0]
+        if len(up) < 2 or not victims:
+            continue
+        victim = rng.choice(victims)
+        at = cluster.kill(victim["name"])
+        kills.append(f"{victim['name']}@{at:.3f} ({victim['primary']} primaries)")
+        cluster.wait_takeover(victim["name"], at, timeout=15)
+        cluster.wait_exited(int(victim["pid"]))
+        cluster.restart(victim["name"])
+        cluster.wait_state(victim["name"], "up", timeout=30)
+    chaos.m.note("prepaid: kills", len(kills))
+    context = f"seed {run_seed}; kills: {', '.join(kills)}"
+    assert len(kills) >= 5, context
+
+    caller.finish()
+    refusals = [line for line in _read(sipp_log).splitlines() if line.startswith("refused ")]
+    reached = CALLS - len(refusals)
+    uas_done(callee, reached, timeout=30)
+    ctx = f"{context}\n--- cluster log (tail) ---\n{cluster.log_tail()}"
+    # A refusal ends the caller's call normally (it is logged): anything else failing,
+    # on either side, is a failed call.
+    caller.check(successful=CALLS, created=CALLS, context=ctx)
+    callee.check(successful=reached, created=reached, context=ctx)
+    reasons = Counter(line.rpartition("SIP/2.0 403 ")[2] for line in refusals)
+    chaos.m.note("prepaid: refused", dict(reasons))
+    assert set(reasons) <= {"No Credit"}, f"{reasons}\n{context}"
+
+    cdrs, distinct, active = cluster.settled_counts(CALLS)
+    assert (cdrs, distinct, active) == (CALLS, CALLS, 0), f"{cdrs} {distinct} {active}\n{ctx}"
+    check_money(cluster, opening, len(refusals), context)
+
+
+def check_money(
+    cluster: ChaosCluster, opening: dict[str, Decimal], refused: int, context: str
+) -> None:
+    accounts = {
+        a: (Decimal(balance) / UNITS, reserved, open_calls)
+        for a, balance, reserved, open_calls in cluster.query(
+            "SELECT id, balance, reserved, open_calls FROM accounts"
+        )
+    }
+    owner = {i: a for a, i in cluster.query("SELECT account_id, identity FROM account_identities")}
+    rows = cluster.query(
+        "SELECT c.call_id, c.caller, c.status, c.cause, c.cost, c.currency,"
+        " c.answered_at, c.ended_at, c.primaries, r.amount, r.released_at"
+        " FROM cdrs c LEFT JOIN reservations r ON r.call_id = c.call_id"
+    )
+    debits = dict(cluster.query("SELECT call_id, count(*) FROM ledger WHERE kind = 'debit'"
+                                " GROUP BY call_id"))  # fmt: skip
+    debited = dict(cluster.query("SELECT call_id, -amount FROM ledger WHERE kind = 'debit'"))
+    spent: Counter[str] = Counter()
+    causes: Counter[str] = Counter()
+    problems: list[str] = []
+    overruns: list[float] = []
+    taken_over = 0
+    for call, caller, status, cause, cost, currency, answered, ended, primaries, hold, done in rows:
+        causes[cause] += 1
+        taken_over += "," in primaries
+        if status == 403:
+            if cause != "403 No Credit" or hold is not None or cost is not None:
+                problems.append(f"{call}: refused as {cause}, hold {hold}, cost {cost}")
+            continue
+        if hold is None or done is None or currency != "EUR" or cost is None:
+            problems.append(f"{call}: hold {hold} released {done} cost {cost} {currency}")
+            continue
+        spent[owner[caller]] += cost
+        if debits.get(call, 0) != (1 if cost else 0) or debited.get(call, 0) != cost:
+            problems.append(
+                f"{call}: cost {cost}, {debits.get(call, 0)} debits of {debited.get(call)}"
+            )
+        if answered is not None:
+            credit = duration_for(TARIFF, Decimal(hold) / UNITS)
+            assert credit is not None
+            overruns.append(ended - answered - credit)
+    refused_cdrs = sum(1 for r in rows if r[2] == 403)
+    if refused_cdrs != refused:
+        problems.append(f"SIPp logged {refused} refusals, the CDRs say {refused_cdrs}")
+    for account, start in opening.items():
+        balance, reserved, open_calls = accounts[account]
+        if balance != start - Decimal(spent[account]) / UNITS:
+            problems.append(
+                f"{account}: balance {balance} != {start} - {Decimal(spent[account]) / UNITS}"
+            )
+        if balance < 0 or reserved or open_calls:
+            problems.append(
+                f"{account}: balance {balance}, reserved {reserved}, {open_calls} calls"
+            )
+    worst = max(overruns, default=0.0)
+    cluster_note = (
+        f"causes {dict(causes)}; {taken_over} calls taken over; worst overrun {worst:.3f} s"
+    )
+    print(f"CHAOS prepaid: {cluster_note}", flush=True)
+    if worst > 1.0:
+        problems.append(f"a call outlived its credit by {worst:.3f} s")
+    assert not problems, "\n".join(problems[:30]) + f"\n{cluster_note}\n{context}"
+    assert taken_over > 0, f"no call was taken over: {cluster_note}\n{context}"
+    assert causes["released"] + causes["max-duration"] > 0, f"no credit ran out: {cluster_note}"
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""

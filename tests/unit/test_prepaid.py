@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from twinline.link.messages import Reject, Release, Route
+from twinline.services.basic import BasicCall
+from twinline.services.chain import ChainService
 from twinline.services.prepaid import (
     CREDIT_TIMER,
     CardDial,
@@ -381,3 +383,24 @@ def test_twenty_calls_at_once_never_spend_more_than_the_balance(hold_seconds: in
         assert sum(costs) == D("0.25") == D("0.25") - acct.balance
         assert (acct.balance, acct.reserved, acct.open_calls) == (0, 0, 0)
         assert len([e for e in ledger(h) if e.kind == "debit"]) == len(routed)
+
+
+# --- in a chain -----------------------------------------------------------------------------
+
+
+def chain(store: Store) -> ChainService:
+    return ChainService([Prepaid(store), BasicCall(store)])
+
+
+def test_in_a_chain_prepaid_authorizes_and_limits_and_the_next_service_routes() -> None:
+    with ServiceHarness(chain, data=data("0.30")) as h:
+        call = h.offer(callee=ELSEWHERE)
+        # basic routes; the route carries prepaid's limit: six minutes of 0.05 a minute.
+        assert call.commands == [Route([ELSEWHERE], max_duration=360.0)]
+        h.answer(call)
+        h.advance(360)  # prepaid's credit timer, in the chain
+        assert call.commands[-1] == Release()
+        assert call.cdr is not None and (call.cdr.cost, call.cdr.currency) == (D("0.30"), "EUR")
+        assert account(h).balance == 0
+        refused = h.offer(callee=ELSEWHERE)
+        assert refused.commands == [Reject(403, "No Credit")]  # the chain stops there

@@ -94,7 +94,7 @@ target = "127.0.0.1:{self.callee_port}"
                 raise RuntimeError(f"twinline up exited at start:\n{self.log()}")
             try:
                 status = self.status()
-            except (subprocess.CalledProcessError, json.JSONDecodeError):
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError):
                 status = None
             servers_up = status and all(s["state"] == "up" for s in status["servers"])
             if servers_up and self._peers_linked():

@@ -61,7 +61,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]) -> 
         sip_port=sip_port,
         extra_config=routes + plan + "[services.translation]\nring_seconds = 2.0\n",
     )
-    cluster.start()
+    cluster.start(timeout=60)  # a loaded machine starts Python slowly
     try:
         yield cluster
     finally:

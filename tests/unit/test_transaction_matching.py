@@ -211,3 +211,14 @@ def test_cancel_from_another_sent_by_does_not_end_the_call() -> None:
     out = sw.receive(cancel(), CALLER)
     assert summaries(out)[:2] == [(CALLER, "200 CANCEL"), (CALLER, "487 INVITE")]
     assert sw.core.stats.calls_cancelled == 1
+
+
+def test_an_ack_for_a_2xx_must_carry_the_2xx_to_tag_to_stop_its_retransmissions() -> None:
+    h = Layer()
+    h.request(invite(), CALLER)
+    txn = server_txns(h)[0]
+    txn.respond(response_to(txn.request, 200, "OK", to_tag="s1"), 0.0)
+    h.request(ack(to_tag="forged", branch="z9hG4bK-other", via_host=OTHER_HOST), OTHER)
+    assert not txn.acked  # the 2xx goes on being retransmitted to the real caller
+    h.request(ack(to_tag="s1", branch="z9hG4bK-ack"), CALLER)
+    assert txn.acked

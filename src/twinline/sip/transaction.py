@@ -591,7 +591,9 @@ class TransactionLayer:
                 txn.handle(Input.ACK, now)
                 return
             accepted = self._accepted_by_dialog.get((req.call_id, req.cseq))
-            if accepted is not None:
+            if accepted is not None and accepted.last_to_tag == req.to_tag:
+                # The 2xx's ACK is a transaction of its own (new branch, maybe another
+                # path): it is matched on the dialog, the To tag of our 2xx included.
                 accepted.handle(Input.ACK, now)
             self.tu.ack_received(req, source, now)
             return

@@ -5,7 +5,9 @@ the same callee (the SIPp UAS of ``load.start_uas``) at ``callee_port``:
 
 - ``twinline``: ``python -m twinline up`` with a switch and 2 application servers,
   SQLite, redundancy on; ``twinline-noredundancy`` the same with
-  ``[cluster] redundancy = false`` (calls get no standby);
+  ``[cluster] redundancy = false`` (calls get no standby); ``twinline-prepaid`` the
+  same as ``twinline`` with every call prepaid (a reservation at the offer, a debit
+  and the CDR's cost at the end), its account and rate filled before the run;
 - ``sippy``: Sippy B2BUA's ``b2bua_simple`` (PyPI ``sippy``, in its own virtual
   environment, ``bench/.venvs/sippy``), ``-n`` routing every call to the callee;
 - ``kamailio``: Kamailio (Debian package) as a minimal stateful proxy with one
@@ -135,9 +137,28 @@ class Element:
             return ""
 
 
+# The prepaid variant: every call charged to one account that never runs out, at a
+# catch-all rate by the second, each call holding credit for a day of talk (longer than
+# any hold of the benchmark), so the service's path is whole and no call is cut short.
+PREPAID_PLAN = """
+[[plan]]
+service = "prepaid"
+
+[services.prepaid]
+hold_seconds = 86400
+"""
+PREPAID_DATA = (
+    ("accounts", "add", "bench", "--currency", "EUR", "--balance", "1000000000",
+     "--identities", "sipp"),
+    ("rates", "add", "default", "", "--currency", "EUR", "--per-minute", "0.01",
+     "--increments", "1/1"),
+)  # fmt: skip
+
+
 @dataclass
 class Twinline(Element):
     redundancy: bool = True
+    prepaid: bool = False  # every call through the prepaid service (authorize, debit, CDR)
     servers: int = 2
     stop_signal: int = signal.SIGINT  # as Ctrl-C: `twinline up` stops its processes in order
     log_level: str = "warning"
@@ -174,8 +195,21 @@ url = "sqlite:///{db}"
 {servers}[[routes]]
 prefix = ""
 target = "127.0.0.1:{self.callee_port}"
-"""
+{PREPAID_PLAN if self.prepaid else ""}"""
         )
+        if self.prepaid:
+            self._seed_accounts()
+
+    def _seed_accounts(self) -> None:
+        """The accounts table filled before the run, as an operator would (the command
+        creates the database)."""
+        for args in PREPAID_DATA:
+            done = subprocess.run(
+                [sys.executable, "-m", "twinline", *args, "--config", str(self.config_path)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"twinline {' '.join(args)}: {done.stdout}{done.stderr}")
 
     def command(self) -> list[str]:
         return [
@@ -261,10 +295,11 @@ class Direct(Element):
         return []
 
 
-# The elements in the order of the tables; the first two are twinline.
+# The elements in the order of the tables; the first three are twinline.
 KINDS: dict[str, tuple[type[Element], str, dict[str, Any]]] = {
     "twinline": (Twinline, "twinline (redundancy on)", {"redundancy": True}),
     "twinline-noredundancy": (Twinline, "twinline (redundancy off)", {"redundancy": False}),
+    "twinline-prepaid": (Twinline, "twinline prepaid (redundancy on)", {"prepaid": True}),
     "sippy": (Sippy, "Sippy B2BUA", {}),
     "kamailio": (Kamailio, "Kamailio (1 worker)", {}),
     "direct": (Direct, "SIPp to SIPp", {}),

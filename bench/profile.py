@@ -30,6 +30,7 @@ class Profile:
     p99_limit_ms: float  # a step fails when the 99th percentile of setup time is above
     # --- takeover and memory
     takeover_runs: tuple[tuple[int, int], ...]  # (established calls, how many runs)
+    prepaid_takeover_runs: tuple[tuple[int, int], ...]  # the same, every call prepaid
     memory_calls: int
     ramp_rate: float  # calls/s used to establish calls (lower when an element is slower)
     long_hold_s: int  # how long established calls stay up, at most
@@ -50,6 +51,7 @@ FULL = Profile(
     confirm_attempts=4,
     p99_limit_ms=200.0,
     takeover_runs=((1000, 3), (5000, 3), (20000, 2)),
+    prepaid_takeover_runs=((5000, 3),),
     memory_calls=20000,
     ramp_rate=500.0,
     long_hold_s=900,
@@ -70,6 +72,7 @@ QUICK = Profile(
     confirm_attempts=3,
     p99_limit_ms=200.0,
     takeover_runs=((1000, 1),),
+    prepaid_takeover_runs=((1000, 1),),
     memory_calls=1000,
     ramp_rate=400.0,
     long_hold_s=300,

@@ -13,6 +13,10 @@ wall clock after: both ``time.time()`` on this host):
 - ``takeover_ms``: kill to ``completed_at``, the figure of the issue;
 - ``detect_ms``: kill to ``started_at``; ``switch_ms``: the switch's ``duration_ms``;
 - the calls that were on as1, and the live calls before and 2 s after (none dropped).
+
+The same runs with every call prepaid (``prepaid_takeover_runs``: each call holds a
+reservation, and its standby holds the service's state with the grant and the credit
+timer) give the takeover time with prepaid calls.
 """
 
 from __future__ import annotations
@@ -46,12 +50,21 @@ def _takeover_entry(element: Twinline) -> dict[str, Any] | None:
 
 
 def one(
-    calls: int, repeat: int, rate: float, profile: Profile, out: Path, *, read_memory: bool
+    calls: int,
+    repeat: int,
+    rate: float,
+    profile: Profile,
+    out: Path,
+    *,
+    read_memory: bool,
+    prepaid: bool = False,
 ) -> dict[str, Any]:
-    directory = out / "takeover" / f"{calls}-{repeat}"
+    key = "twinline-prepaid" if prepaid else "twinline"
+    directory = out / "takeover" / f"{'prepaid-' if prepaid else ''}{calls}-{repeat}"
     element = Twinline(
-        key="twinline", label="twinline", directory=directory / "element", callee_port=free_port()
-    )
+        key=key, label=key, directory=directory / "element", callee_port=free_port(),
+        prepaid=prepaid,
+    )  # fmt: skip
     element.start()
     uas = uac = None
     try:
@@ -106,13 +119,24 @@ def one(
 
 
 def run_all(profile: Profile, out: Path, rate: float) -> dict[str, Any]:
+    basic = _runs(profile.takeover_runs, profile, out, rate, prepaid=False)
+    prepaid = _runs(profile.prepaid_takeover_runs, profile, out, rate, prepaid=True)
+    return {**basic, "prepaid": prepaid}
+
+
+def _runs(
+    counts: tuple[tuple[int, int], ...], profile: Profile, out: Path, rate: float, *, prepaid: bool
+) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
-    for calls, repeats in profile.takeover_runs:
+    kind = "prepaid " if prepaid else ""
+    for calls, repeats in counts:
         for repeat in range(1, repeats + 1):
-            print(f"  takeover: {calls} calls, run {repeat} (ramp {rate:g}/s)", flush=True)
+            print(f"  takeover: {calls} {kind}calls, run {repeat} (ramp {rate:g}/s)", flush=True)
             try:
-                read_memory = calls == profile.memory_calls and repeat == 1
-                result = one(calls, repeat, rate, profile, out, read_memory=read_memory)
+                read_memory = not prepaid and calls == profile.memory_calls and repeat == 1
+                result = one(
+                    calls, repeat, rate, profile, out, read_memory=read_memory, prepaid=prepaid
+                )
             except RUN_ERRORS as e:
                 print(f"    failed: {e!r}"[:2000], flush=True)
                 runs.append({"calls": calls, "repeat": repeat, "error": str(e)[:2000]})
@@ -126,7 +150,7 @@ def run_all(profile: Profile, out: Path, rate: float) -> dict[str, Any]:
             runs.append(result)
             time.sleep(profile.pause_s)
     summary = {}
-    for calls, _ in profile.takeover_runs:
+    for calls, _ in counts:
         times: list[float] = [
             r["takeover_ms"] for r in runs if r["calls"] == calls and "takeover_ms" in r
         ]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from twinline.config import ConfigError, load_config_text
 from twinline.link.messages import Reject, Release, Route
 from twinline.services.basic import BasicCall
 from twinline.services.chain import ChainService
@@ -404,3 +405,10 @@ def test_in_a_chain_prepaid_authorizes_and_limits_and_the_next_service_routes() 
         assert account(h).balance == 0
         refused = h.offer(callee=ELSEWHERE)
         assert refused.commands == [Reject(403, "No Credit")]  # the chain stops there
+
+
+def test_its_settings_are_checked_at_start() -> None:
+    text = '[[plan]]\nservice = "prepaid"\n\n[services.prepaid]\nhold_seconds = {}\n'
+    assert load_config_text(text.format(600)).services["prepaid"] == {"hold_seconds": 600}
+    with pytest.raises(ConfigError, match=r"services\.prepaid\.hold_seconds"):
+        load_config_text(text.format(10))

@@ -186,6 +186,16 @@ STORE_FIELDS: Fields = {
     "pending": Field(
         "twinline_db_queue_depth", "Writes waiting for the database writer", kind="gauge"
     ),
+    "batch_time": Field(
+        "twinline_db_operation_seconds",
+        "Database transactions: a batch of writes, or a group of immediate operations",
+        labels={"kind": "batch"},
+    ),
+    "ops_time": Field(
+        "twinline_db_operation_seconds",
+        "Database transactions: a batch of writes, or a group of immediate operations",
+        labels={"kind": "immediate"},
+    ),
     "held": Field(
         "twinline_db_held_writes",
         "Batched writes held while the database is unreachable",

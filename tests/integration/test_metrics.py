@@ -143,6 +143,8 @@ def test_every_process_counts_what_sipp_did(cluster: Cluster, sipp: Sipp) -> Non
         assert sw.value("twinline_link_up", peer=server) == 1
         assert 0 <= sw.value("twinline_link_heartbeat_age_seconds", peer=server) < 1.0
     assert sw.value("twinline_db_writes_total") > 0
+    batches = sw.value("twinline_db_operation_seconds_count", kind="batch")
+    assert batches == sw.value("twinline_db_batches_total") > 0
 
     # The application servers: both worked, every checkpoint sent was applied.
     sent = sum(m[s].value("twinline_checkpoints_total", outcome="sent") for s in ("as1", "as2"))

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, TypeVar
 
+from twinline.metrics_histogram import DB_BUCKETS, Histogram
 from twinline.store.records import (
     ActiveCall,
     Cdr,
@@ -91,6 +92,10 @@ class StoreStats:
     dropped: int = 0  # batched writes lost to those errors
     pending: int = 0  # items waiting for the writer, approximately
     held: int = 0  # batched writes held while the database is unreachable
+    # Seconds per committed transaction: a batch of writes, a group of immediate
+    # operations. Observed by the writer under its stats lock; read by the metrics.
+    batch_time: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
+    ops_time: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
 
 
 class Store(abc.ABC):

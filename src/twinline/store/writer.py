@@ -240,6 +240,11 @@ class Writer:
             s = self._stats
             self._stats = replace(s, **{k: getattr(s, k) + v for k, v in increments.items()})
 
+    def _timed(self, histogram: str, started: float) -> None:
+        """Observe a committed transaction's time (retries included) for the metrics."""
+        with self._stats_lock:
+            getattr(self._stats, histogram).observe(time.monotonic() - started)
+
     def _run(self) -> None:
         try:
             session = self._connect()
@@ -409,6 +414,7 @@ class Writer:
             self._hold(batch, StoreUnavailable("unreachable"))  # behind those held before
             return False
         attempt = 0
+        started = time.monotonic()
         while True:
             attempt += 1
             try:
@@ -451,6 +457,7 @@ class Writer:
                 self._count(errors=1, dropped=len(batch))
                 return True
             self._count(batches=1, writes=len(batch), rows=rows)
+            self._timed("batch_time", started)
             return True
 
     def _commit_one_by_one(self, session: Session, batch: list[Write], *, holding: bool) -> bool:
@@ -514,6 +521,7 @@ class Writer:
             return  # their callers gave up before they started: nothing was done
         attempt = 0
         reconnected = False
+        started = time.monotonic()
         while True:
             attempt += 1
             outcomes: list[tuple[bool, Any]] = []
@@ -560,6 +568,7 @@ class Writer:
                 for op in ops:
                     op.future.set_exception(e)
                 return
+            self._timed("ops_time", started)
             for op, (ok, value) in zip(ops, outcomes, strict=True):
                 if ok:
                     op.future.set_result(value)

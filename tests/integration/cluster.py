@@ -95,11 +95,12 @@ target = "127.0.0.1:{self.callee_port}"
             try:
                 status = self.status()
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError):
-                status = None
+                status = None  # not up yet, or a loaded machine slow to run the command
             servers_up = status and all(s["state"] == "up" for s in status["servers"])
             if servers_up and self._peers_linked():
                 return
             time.sleep(0.2)
+        self.stop()  # leave no processes behind a failed start
         raise RuntimeError(f"twinline up did not come up in {timeout} s:\n{self.log()}")
 
     def _peers_linked(self) -> bool:

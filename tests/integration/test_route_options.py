@@ -57,18 +57,20 @@ number = "5"
 {settings}
 """,
     )
-    cluster.start()
+    cluster.start(timeout=60.0)  # a busy test machine starts Python processes slowly
     return cluster
 
 
 def finish(cluster: Cluster, *runs: SippRun) -> list[tuple[object, ...]]:
     """Stop the cluster and return the one call's CDR (cause, service, answered_at -
     started_at, ended_at - answered_at)."""
-    for run in runs:
-        run.wait_for_calls(total=1, timeout=20)
-        run.stop()
-        run.check(successful=1, created=1, context=cluster.log()[-3000:])
-    code = cluster.stop()
+    try:
+        for run in runs:
+            run.wait_for_calls(total=1, timeout=20)
+            run.stop()
+            run.check(successful=1, created=1, context=cluster.log()[-3000:])
+    finally:
+        code = cluster.stop()
     assert code == 0, cluster.log()[-4000:]
     assert "Traceback" not in cluster.log(), cluster.log()[-6000:]
     return cluster.query(
@@ -100,7 +102,7 @@ def test_a_ring_timeout_shorter_than_the_global_one_moves_on_to_the_next_destina
     ((cause, service, disposition, setup, _),) = cdrs
     assert (cause, service, disposition) == ("caller-bye", PLUGIN, "answered")
     # Answered by the second callee after the first rang for its 2 s, not 60.
-    assert 2.0 <= setup < 10.0, setup
+    assert 1.95 <= setup < 10.0, setup
 
 
 def test_a_diversion_puts_diversion_on_the_callees_invite_and_181_at_the_caller(
@@ -140,7 +142,9 @@ def test_the_switch_ends_an_answered_call_at_its_maximum_duration(
         cdrs = finish(cluster, second)
     ((cause, _, disposition, _, talk),) = cdrs
     assert (cause, disposition) == ("max-duration", "answered")
-    assert 2.0 <= talk < 3.0, talk
+    # (The CDR's times are wall-clock stamps of the events; the switch times the call
+    # on its monotonic clock: they agree to within milliseconds.)
+    assert 1.95 <= talk < 3.0, talk
 
 
 def test_the_maximum_duration_holds_with_every_application_server_gone(
@@ -149,32 +153,30 @@ def test_the_maximum_duration_holds_with_every_application_server_gone(
     # One application server, killed once the call is answered: the switch alone
     # still ends the call at its maximum duration.
     second = sipp.start_uas("second", scenario("uas_answer.xml"), port=callees["second"])
-    cluster = start(tmp_path, callees, 'destinations = ["2000"]\nmax_duration = 4.0')
+    cluster = start(tmp_path, callees, 'destinations = ["2000"]\nmax_duration = 8.0')
     try:
+        (pid,) = [s["pid"] for s in cluster.status()["servers"]]
         run = sipp.start_uac(
             "caller", scenario("uac_callee_bye.xml"), cluster.sip_address, port=free_port(),
-            calls=1, rate=1, service=DIALLED, timeout_s=60, recv_timeout_ms=20000,
+            calls=1, rate=1, service=DIALLED, timeout_s=60, recv_timeout_ms=30000,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while cluster.status()["calls"]["answered"] < 1:
-            assert time.monotonic() < deadline, "the call was not answered"
-            time.sleep(0.1)
-        (pid,) = [s["pid"] for s in cluster.status()["servers"]]
+        time.sleep(3.0)  # the callee answers at once
         os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
+        killed_at = time.time()
         run.finish()
         run.check(successful=1, created=1, context=cluster.log()[-3000:])
-        assert cluster.status()["servers"][0]["state"] == "down"
-        assert time.monotonic() - killed < 6.0
     finally:
-        second.wait_for_calls(total=1, timeout=20)
-        second.stop()
-        second.check(successful=1, created=1)
-        cluster.stop()
-    ((cause, _, disposition, _, talk),) = cluster.query(
-        "SELECT cause, service, disposition, answered_at - started_at, ended_at - answered_at"
-        " FROM cdrs"
+        try:
+            second.wait_for_calls(total=1, timeout=20)
+            second.stop()
+            second.check(successful=1, created=1)
+        finally:
+            cluster.stop()
+    assert "application server as1 lost" in cluster.log(), cluster.log()[-3000:]
+    ((cause, disposition, answered_at, ended_at),) = cluster.query(
+        "SELECT cause, disposition, answered_at, ended_at FROM cdrs"
     )
-    assert cause.startswith("max-duration"), cause
-    assert disposition == "answered"
-    assert 4.0 <= talk < 5.0, talk
+    # Answered before the only server died, ended after, at its 8 s.
+    assert (cause.split(" ")[0], disposition) == ("max-duration", "answered"), cause
+    assert answered_at < killed_at < ended_at, (answered_at, killed_at, ended_at)
+    assert 7.95 <= ended_at - answered_at < 9.0, ended_at - answered_at

@@ -412,3 +412,18 @@ def test_its_settings_are_checked_at_start() -> None:
     assert load_config_text(text.format(600)).services["prepaid"] == {"hold_seconds": 600}
     with pytest.raises(ConfigError, match=r"services\.prepaid\.hold_seconds"):
         load_config_text(text.format(10))
+
+
+def test_the_debit_waits_for_a_database_out_of_reach_at_the_end() -> None:
+    with ServiceHarness(prepaid(), data=data()) as h:
+        call = h.offer(callee=ELSEWHERE)
+        h.answer(call)
+        h.advance(30)
+        h.loop.run_until_complete(h.store.close())
+        # The database comes back while the service is trying the debit again.
+        h.loop.call_later(0.3, lambda: h.loop.create_task(h.store.open()))
+        h.release(call)
+        assert call.cdr is not None and call.cdr.cost == D("0.05")
+        acct = account(h)
+        assert (acct.balance, acct.reserved) == (D("9.95"), 0)
+        assert len([e for e in ledger(h) if e.kind == "debit"]) == 1

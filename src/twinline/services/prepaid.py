@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from twinline.store.base import Store, Tx
 
 CREDIT_TIMER = "credit"
+DEBIT_RETRY_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds
 CARD_SEPARATOR = "*"
 _URI_USER = re.compile(r"(?:sips?|tel):\+?([^@;>?]+)", re.IGNORECASE)
 
@@ -296,10 +297,25 @@ class Prepaid(Service[PrepaidState]):
             if state.credit_seconds is not None:
                 seconds = min(seconds, state.credit_seconds)
             amount = cost(grant.rate.tariff_at(state.answered_at), seconds)
-        settled = await call.once(
-            "debit", settle_call(call.id, amount, call.now), returns=Settlement
-        )
+        settled = await self._settle(call, amount)
         call.record_cost(settled.debited, grant.currency)
+
+    async def _settle(self, call: ServiceCall[PrepaidState], amount: Decimal) -> Settlement:
+        """The debit, tried again while the database is out of reach (for about a
+        minute): the call's CDR waits for the database anyway, and a debit given up
+        leaves the call unbilled and its hold held. A retry has its own effect key
+        (`debit#2`), but `settle` applies once per call whatever the key (it claims the
+        reservation first), so a retry after an ambiguous failure debits nothing twice."""
+        for pause in (*DEBIT_RETRY_PAUSES, None):
+            try:
+                return await call.once(
+                    "debit", settle_call(call.id, amount, call.now), returns=Settlement
+                )
+            except StoreError:
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def _release_unknown_hold(self, call: ServiceCall[PrepaidState]) -> None:
         """The offer's reservation failed on the database: it may still have committed

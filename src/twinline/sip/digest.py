@@ -44,7 +44,9 @@ __all__ = [
     "Credentials",
     "CredentialsError",
     "DigestAuthenticator",
+    "Ha1",
     "digest_response",
+    "ha1_of",
     "parse_credentials",
 ]
 
@@ -250,23 +252,43 @@ def _canonical_algorithm(name: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Ha1:
+    """A user's secret stored as its hashes, not its password: ``H(username:realm:
+    password)`` in lower-case hex, by algorithm name ("MD5", "SHA-256"). Only the
+    algorithms present can be verified."""
+
+    by_algorithm: Mapping[str, str]
+
+
+def ha1_of(algorithm: str, username: str, realm: str, password: str) -> str:
+    """The HA1 of RFC 2617 3.2.2.2 (RFC 8760), what an operator stores as `Ha1`."""
+    canon = _canonical_algorithm(algorithm)
+    if canon is None:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    text = f"{username}:{realm}:{password}"
+    return _HASHES[canon](text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def digest_response(
     *,
     algorithm: str,
     username: str,
     realm: str,
-    password: str,
+    password: str = "",
     method: str,
     uri: str,
     nonce: str,
     qop: str | None = None,
     nc: str = "",
     cnonce: str = "",
+    ha1: str | None = None,
 ) -> str:
     """The request-digest of RFC 2617 3.2.2.1 (RFC 8760 for SHA-256), lower-case hex.
 
     ``qop=None`` gives the RFC 2069 form ``H(HA1:nonce:HA2)``; ``qop="auth"`` gives
-    ``H(HA1:nonce:nc:cnonce:qop:HA2)``. Text is hashed as UTF-8 (RFC 7616 4).
+    ``H(HA1:nonce:nc:cnonce:qop:HA2)``. Text is hashed as UTF-8 (RFC 7616 4). A given
+    `ha1` is used instead of hashing the password.
     Raises ValueError for an algorithm other than MD5 or SHA-256, or for auth-int.
     """
     canon = _canonical_algorithm(algorithm)
@@ -279,7 +301,7 @@ def digest_response(
     def h(text: str) -> str:
         return hash_fn(text.encode("utf-8", "surrogateescape")).hexdigest()
 
-    ha1 = h(f"{username}:{realm}:{password}")
+    ha1 = h(f"{username}:{realm}:{password}") if ha1 is None else ha1.lower()
     ha2 = h(f"{method}:{uri}")
     if qop is None:
         return h(f"{ha1}:{nonce}:{ha2}")
@@ -427,10 +449,11 @@ class DigestAuthenticator:
         self,
         method: str,
         credentials: Credentials,
-        password_of: Callable[[str], str | None],
+        password_of: Callable[[str], str | Ha1 | None],
         now: float,
     ) -> AuthResult:
-        """Check credentials answering one of our challenges.
+        """Check credentials answering one of our challenges. `password_of` gives a
+        user's password, or its `Ha1` hashes, or None for no such user.
 
         Order of the checks: what we cannot compute (scheme, algorithm, qop, realm),
         then the nonce's origin, the user, the response, and only then the nonce's age
@@ -456,9 +479,14 @@ class DigestAuthenticator:
         issued_ms = self._nonce_issued_ms(c.nonce)
         if issued_ms is None:
             return fail(AuthFailure.BAD_NONCE)
-        password = password_of(user)
-        if password is None:
+        secret = password_of(user)
+        if secret is None:
             return fail(AuthFailure.NO_SUCH_USER)
+        password, ha1 = (secret, None) if isinstance(secret, str) else ("", None)
+        if not isinstance(secret, str):
+            ha1 = secret.by_algorithm.get(algorithm)
+            if ha1 is None:
+                return fail(AuthFailure.UNSUPPORTED_ALGORITHM)
         if qop is not None and not (_NC_RE.fullmatch(c.nc) and c.cnonce):
             return fail(AuthFailure.WRONG_RESPONSE)  # cannot be right without them
         expected = digest_response(
@@ -472,6 +500,7 @@ class DigestAuthenticator:
             qop=qop,
             nc=c.nc,
             cnonce=c.cnonce,
+            ha1=ha1,
         )
         given = c.response.lower().encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(expected.encode("ascii"), given):

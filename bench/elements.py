@@ -192,7 +192,13 @@ redundancy = {"true" if self.redundancy else "false"}
 [database]
 url = "sqlite:///{db}"
 
-{servers}[[routes]]
+{servers}# SIPp plays the callers and the callee on 127.0.0.1: a trusted trunk, so its calls
+# are not challenged and not rate limited.
+[[trunks]]
+name = "sipp"
+sources = ["127.0.0.1"]
+
+[[routes]]
 prefix = ""
 target = "127.0.0.1:{self.callee_port}"
 {PREPAID_PLAN if self.prepaid else ""}"""

@@ -280,7 +280,7 @@ def _post_server_action(config_path: str | None, server: str, action: str, query
     import urllib.parse  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
-    from twinline.config import parse_hostport  # noqa: PLC0415
+    from twinline.config import api_token, parse_hostport  # noqa: PLC0415
     from twinline.supervisor import default_run_dir  # noqa: PLC0415
 
     if config_path is None and (default_run_dir() / "twinline-up.toml").exists():
@@ -290,6 +290,9 @@ def _post_server_action(config_path: str | None, server: str, action: str, query
     host = f"[{host}]" if ":" in host else host
     url = f"http://{host}:{port}/api/servers/{urllib.parse.quote(server, safe='')}/{action}"
     request = urllib.request.Request(url + query, data=b"", method="POST")  # noqa: S310
+    token = api_token(config)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - our own API
             return json_.loads(resp.read())

@@ -10,10 +10,12 @@ cannot (addresses, ranges, references between sections). Every problem becomes o
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import msgspec
 
@@ -102,20 +104,84 @@ class SwitchConfig(_Section, frozen=True):
     # The status API (`twinline status`): "HOST:PORT".
     http: str = "127.0.0.1:8062"
     tls: SipTls | None = None
+    # The bearer token that calls changing state (drain, handover) must carry; the
+    # environment's TWINLINE_API_TOKEN is used when this is empty. Required when
+    # `http` listens off this host.
+    api_token: str = ""
 
 
 class User(_Section, frozen=True):
-    """A phone that registers: its user name and digest password."""
+    """A phone that registers and calls: its user name and digest secret.
+
+    The secret is the password, or its digest hashes (HA1 = H(name:domain:password),
+    lower-case hex) so that the file holds no password: one per algorithm of
+    `access.digest_algorithms`."""
 
     name: str
-    password: str
+    password: str = ""
+    ha1_md5: str = ""
+    ha1_sha256: str = ""
+    # Calls this user may have up at once, and start per minute (0: no limit).
+    max_calls: int = 8
+    calls_per_minute: int = 30
+
+
+class Trunk(_Section, frozen=True):
+    """A carrier trunk or PBX: trusted by the addresses its requests come from."""
+
+    name: str
+    # Addresses or networks its calls come from ("10.0.0.5", "10.0.0.0/24",
+    # "2001:db8::/32"): those calls are not challenged, may reach every route, and
+    # are exempt from the flood limits.
+    sources: list[str] = msgspec.field(default_factory=list)
+    # Where routes naming this trunk send calls ("HOST:PORT"), and over what.
+    target: str = ""
+    transport: Transport = "udp"
+    # Calls from this trunk up at once, and started per minute (0: no limit).
+    max_calls: int = 0
+    calls_per_minute: int = 0
+
+
+class Access(_Section, frozen=True):
+    """Who may call what, for callers that are neither a trunk nor an authenticated user."""
+
+    # Local users may be called by anyone (as from the outside world to a phone).
+    public_users: bool = True
+    # Dialled-number prefixes open to anyone, e.g. toll-free numbers: ["800", "0800"].
+    public_numbers: list[str] = msgspec.field(default_factory=list)
+    # What such a caller gets for anything else: "challenge" (407: a local user may
+    # still authenticate) or "reject" (403 at once).
+    unknown_callers: Literal["challenge", "reject"] = "challenge"
+    # Digest algorithms offered in challenges, most preferred first: "MD5", "SHA-256".
+    digest_algorithms: list[str] = msgspec.field(default_factory=lambda: ["MD5"])
+    # Seconds a nonce stays valid; past that, a phone is re-challenged (stale=true).
+    nonce_lifetime: float = 300.0
+
+
+class Flood(_Section, frozen=True):
+    """Per-address rate limits and bans. Trunks' sources are exempt; 0 turns a limit off."""
+
+    # More SIP requests than this from one address within `window` seconds bans it.
+    max_requests: int = 200
+    window: float = 2.0
+    # More failed authentications (or refused calls) than this from one address
+    # within `auth_window` seconds bans it ...
+    max_auth_failures: int = 10
+    # ... and more than this for one user, from any addresses, locks that user out.
+    max_user_auth_failures: int = 30
+    auth_window: float = 60.0
+    # How long a banned address is ignored (its packets dropped unread), and a
+    # locked user refused, in seconds.
+    ban_seconds: float = 300.0
 
 
 class Route(_Section, frozen=True):
-    """A static route: dialled numbers starting with `prefix` go to `target`."""
+    """A static route: dialled numbers starting with `prefix` go to `target`, or to
+    the target of the trunk named `trunk`."""
 
     prefix: str
-    target: str  # HOST:PORT of the PBX or trunk
+    target: str = ""  # HOST:PORT of the PBX or trunk
+    trunk: str = ""  # or the name of one of [[trunks]], whose target and transport it takes
     transport: Transport = "udp"
     strip: int = 0  # digits removed from the front of the number before sending it on
     add: str = ""  # digits put in front after stripping
@@ -214,6 +280,9 @@ class Config(_Section, frozen=True):
     # Each service's own settings, `[services.NAME]` (NAME: the service's `name`),
     # checked at start against its `Config` (twinline.services.registry).
     services: dict[str, Any] = msgspec.field(default_factory=dict)
+    trunks: list[Trunk] = msgspec.field(default_factory=list)
+    access: Access = msgspec.field(default_factory=Access)
+    flood: Flood = msgspec.field(default_factory=Flood)
 
     def appserver(self, name: str) -> AppServer:
         for server in self.appservers:
@@ -269,7 +338,7 @@ def parse_listen(text: str) -> tuple[Transport, str, int]:
 
 
 def _check(config: Config) -> None:
-    def fail(key: str, problem: str) -> None:
+    def fail(key: str, problem: str) -> NoReturn:
         raise ConfigError(f"{key}: {problem}")
 
     sw = config.switch
@@ -323,31 +392,44 @@ def _check(config: Config) -> None:
             fail(key, f"{fvalue} is out of range (more than 0, at most {fhigh:g})")
     if sw.timers.t2 < sw.timers.t1:
         fail("switch.timers.t2", f"{sw.timers.t2} must not be less than t1 ({sw.timers.t1})")
-    seen: set[str] = set()
-    for i, user in enumerate(config.users):
-        if not re.fullmatch(r"[A-Za-z0-9_.!~*'()&=+$,;?/%-]+", user.name):
-            fail(f"users[{i}].name", f"{user.name!r} is not a valid SIP user name")
-        if user.name in seen:
-            fail(f"users[{i}].name", f"{user.name!r} appears twice")
-        seen.add(user.name)
-        if not user.password:
-            fail(f"users[{i}].password", "must not be empty")
+    _check_access(config, fail)
+    _check_users(config, fail)
+    trunks = _check_trunks(config, fail)
     for i, route in enumerate(config.routes):
         if not re.fullmatch(r"[0-9*#+]*", route.prefix):
             fail(f"routes[{i}].prefix", f"{route.prefix!r} may hold only digits, *, # and +")
-        try:
-            parse_hostport(route.target)
-        except ValueError as e:
-            fail(f"routes[{i}].target", str(e))
+        if route.trunk:
+            if route.target:
+                fail(f"routes[{i}].trunk", "give target or trunk, not both")
+            trunk = trunks.get(route.trunk)
+            if trunk is None:
+                known = ", ".join(trunks) or "none"
+                fail(f"routes[{i}].trunk", f"no trunk named {route.trunk!r} (known: {known})")
+            elif not trunk.target:
+                fail(f"routes[{i}].trunk", f"trunk {route.trunk!r} has no target to send calls to")
+        elif not route.target:
+            fail(f"routes[{i}].target", "missing (give target = 'HOST:PORT', or trunk = 'NAME')")
+        else:
+            try:
+                parse_hostport(route.target)
+            except ValueError as e:
+                fail(f"routes[{i}].target", str(e))
         if route.strip < 0:
             fail(f"routes[{i}].strip", "must not be negative")
     if sw.tls is not None and sw.tls.verify_clients and sw.tls.ca is None:
         fail("switch.tls.verify_clients", "needs switch.tls.ca, the CA to verify callers with")
+    _check_flood(config.flood, fail)
     for key, text in (("switch.link", sw.link), ("switch.http", sw.http)):
         try:
             parse_hostport(text)
         except ValueError as e:
             fail(key, str(e))
+    if not _is_loopback(parse_hostport(sw.http)[0]) and not api_token(config):
+        fail(
+            "switch.api_token",
+            f"needed: switch.http {sw.http!r} listens off this host, and drain and "
+            "handover must not be open to it (or set TWINLINE_API_TOKEN)",
+        )
     cl = config.cluster
     if not cl.secret:
         fail("cluster.secret", "must not be empty")
@@ -414,6 +496,112 @@ def _check_database(db: Database) -> None:
             fail(key, f"{value} must be greater than 0")
     if db.sslmode is not None and db.sslmode not in _SSLMODES:
         fail("database.sslmode", f"{db.sslmode!r}: use one of {', '.join(_SSLMODES)}")
+
+
+def api_token(config: Config) -> str:
+    """The HTTP API's bearer token: `switch.api_token`, else TWINLINE_API_TOKEN, else ""."""
+    return config.switch.api_token or os.environ.get("TWINLINE_API_TOKEN", "")
+
+
+_Fail = Callable[[str, str], NoReturn]
+_HA1_KEYS = {"MD5": ("ha1_md5", 32), "SHA-256": ("ha1_sha256", 64)}
+
+
+def _check_access(config: Config, fail: _Fail) -> None:
+    access = config.access
+    if not access.digest_algorithms:
+        fail("access.digest_algorithms", "must offer at least one: 'MD5' or 'SHA-256'")
+    for i, name in enumerate(access.digest_algorithms):
+        if name.upper() not in _HA1_KEYS:
+            fail(f"access.digest_algorithms[{i}]", f"{name!r}: use 'MD5' or 'SHA-256'")
+    for i, prefix in enumerate(access.public_numbers):
+        if not prefix:
+            fail(
+                f"access.public_numbers[{i}]",
+                "'' would open every number and route to anyone: list the prefixes you mean",
+            )
+        if not re.fullmatch(r"[0-9*#+]+", prefix):
+            fail(f"access.public_numbers[{i}]", f"{prefix!r} may hold only digits, *, # and +")
+    if not 10 <= access.nonce_lifetime <= 86400:
+        fail("access.nonce_lifetime", f"{access.nonce_lifetime} is out of range (10 to 86400)")
+
+
+def _check_users(config: Config, fail: _Fail) -> None:
+    offered = [a.upper() for a in config.access.digest_algorithms]
+    seen: set[str] = set()
+    for i, user in enumerate(config.users):
+        if not re.fullmatch(r"[A-Za-z0-9_.!~*'()&=+$,;?/%-]+", user.name):
+            fail(f"users[{i}].name", f"{user.name!r} is not a valid SIP user name")
+        if user.name in seen:
+            fail(f"users[{i}].name", f"{user.name!r} appears twice")
+        seen.add(user.name)
+        hashes = {"ha1_md5": user.ha1_md5, "ha1_sha256": user.ha1_sha256}
+        if user.password and any(hashes.values()):
+            fail(f"users[{i}].password", "give a password or ha1 hashes, not both")
+        if not user.password:
+            if not any(hashes.values()):
+                fail(f"users[{i}].password", "missing (give password, or ha1_md5 / ha1_sha256)")
+            for algorithm in offered:
+                key, _ = _HA1_KEYS[algorithm]
+                if not hashes[key]:
+                    fail(
+                        f"users[{i}].{key}", f"needed: access.digest_algorithms offers {algorithm}"
+                    )
+        for key, length in _HA1_KEYS.values():
+            if hashes[key] and not re.fullmatch(rf"[0-9a-fA-F]{{{length}}}", hashes[key]):
+                fail(f"users[{i}].{key}", f"must be {length} hexadecimal digits")
+        for key, value in (
+            ("max_calls", user.max_calls),
+            ("calls_per_minute", user.calls_per_minute),
+        ):
+            if value < 0:
+                fail(f"users[{i}].{key}", "must not be negative (0: no limit)")
+
+
+def _check_trunks(config: Config, fail: _Fail) -> dict[str, Trunk]:
+    trunks: dict[str, Trunk] = {}
+    for i, trunk in enumerate(config.trunks):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", trunk.name):
+            fail(f"trunks[{i}].name", f"{trunk.name!r}: use 1 to 64 letters, digits, _, . or -")
+        if trunk.name in trunks:
+            fail(f"trunks[{i}].name", f"{trunk.name!r} appears twice")
+        trunks[trunk.name] = trunk
+        for j, source in enumerate(trunk.sources):
+            try:
+                ipaddress.ip_network(source)
+            except ValueError as e:
+                fail(f"trunks[{i}].sources[{j}]", f"{source!r} is not an address or network ({e})")
+        if trunk.target:
+            try:
+                parse_hostport(trunk.target)
+            except ValueError as e:
+                fail(f"trunks[{i}].target", str(e))
+        elif not trunk.sources:
+            fail(f"trunks[{i}]", "give sources (where its calls come from), a target, or both")
+        for key, value in (
+            ("max_calls", trunk.max_calls),
+            ("calls_per_minute", trunk.calls_per_minute),
+        ):
+            if value < 0:
+                fail(f"trunks[{i}].{key}", "must not be negative (0: no limit)")
+    return trunks
+
+
+def _check_flood(flood: Flood, fail: _Fail) -> None:
+    for key, value in (
+        ("max_requests", flood.max_requests),
+        ("max_auth_failures", flood.max_auth_failures),
+        ("max_user_auth_failures", flood.max_user_auth_failures),
+    ):
+        if value < 0:
+            fail(f"flood.{key}", "must not be negative (0: no limit)")
+    for key, fvalue in (
+        ("window", flood.window),
+        ("auth_window", flood.auth_window),
+        ("ban_seconds", flood.ban_seconds),
+    ):
+        if not 0 < fvalue <= 86400:
+            fail(f"flood.{key}", f"{fvalue} is out of range (more than 0, up to 86400)")
 
 
 def _hostport_ok(text: str) -> bool:

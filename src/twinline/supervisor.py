@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import IO, Any
 import msgspec
 
 from twinline.appserver.server import HANDOVER_TIMEOUT
-from twinline.config import AppServer, Config, ConfigError, parse_hostport
+from twinline.config import AppServer, Config, ConfigError, api_token, parse_hostport
 
 # A stopping server may take HANDOVER_TIMEOUT to hand its calls over; past this
 # margin it is killed (and `up` exits non-zero to say so).
@@ -57,9 +58,16 @@ def effective_config(
         host, port = parse_hostport(config.switch.link)
         made = [AppServer(name=f"as{i + 1}", peer=f"{host}:{port + 1 + i}") for i in range(count)]
         config = msgspec.structs.replace(config, appservers=made)
+    if not api_token(config):
+        # The file is where `twinline drain` and `handover` find the token (0600 below).
+        switch = msgspec.structs.replace(config.switch, api_token=secrets.token_urlsafe(24))
+        config = msgspec.structs.replace(config, switch=switch)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "twinline-up.toml"
-    path.write_bytes(msgspec.toml.encode(_without_none(msgspec.to_builtins(config))))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(msgspec.toml.encode(_without_none(msgspec.to_builtins(config))))
     return config, path
 
 

@@ -166,6 +166,8 @@ class ChaosCluster(Cluster):
 listen = [{", ".join(listen)}]
 link = "127.0.0.1:{self.link_port}"
 http = "127.0.0.1:{self.http_port}"
+# The operator's `twinline drain` and `handover` read it from this file.
+api_token = "chaos-operator-token"
 
 [cluster]
 heartbeat_interval = 0.1
@@ -174,7 +176,13 @@ dead_after = 3
 [database]
 url = "sqlite:///{self.db_path}"
 
-{servers}[[routes]]
+{servers}# SIPp plays the phones and the PBX on 127.0.0.1: a trusted trunk, so its calls
+# are not challenged and not rate limited.
+[[trunks]]
+name = "sipp"
+sources = ["127.0.0.1"]
+
+[[routes]]
 prefix = ""
 target = "127.0.0.1:{self.callee_port}"
 transport = "{self.transport}"

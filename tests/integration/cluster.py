@@ -70,7 +70,13 @@ http = "127.0.0.1:{self.http_port}"
 [database]
 url = "sqlite:///{self.db_path}"
 
-{servers}[[routes]]
+{servers}# SIPp plays the phones and the PBX on 127.0.0.1: a trusted trunk, so its calls
+# are not challenged and not rate limited.
+[[trunks]]
+name = "sipp"
+sources = ["127.0.0.1"]
+
+[[routes]]
 prefix = ""
 target = "127.0.0.1:{self.callee_port}"
 

@@ -101,17 +101,26 @@ def toml_dumps(document: Mapping[str, Any]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+# SIPp on 127.0.0.1, as the phones and PBXs of most tests: trusted by its address.
+SIPP_TRUNK: Mapping[str, Any] = {"name": "sipp", "sources": [HOST]}
+
+
 def switch_config(
     port: int,
     *,
     routes: Sequence[Mapping[str, Any]] = (),
     users: Sequence[Mapping[str, Any]] = (),
+    trunks: Sequence[Mapping[str, Any]] = (SIPP_TRUNK,),
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
     no_answer_timeout: float = 30.0,
     max_calls: int = 20000,
     domain: str = DOMAIN,
     **switch: Any,
 ) -> dict[str, Any]:
     """A configuration listening on UDP and TCP ``port`` of 127.0.0.1.
+
+    By default SIPp on 127.0.0.1 is a trusted trunk (``SIPP_TRUNK``): its calls are
+    not challenged. ``sections`` adds top-level tables (``access``, ``flood``, ...).
 
     The no-answer timer defaults to 30 s, well past any call's setup time even
     with retransmissions on a lossy network: a test about that timer sets it.
@@ -122,6 +131,8 @@ def switch_config(
             "domain": domain,
             "no_answer_timeout": no_answer_timeout,
             "max_calls": max_calls,
+            # Its own HTTP port: tests run beside other switches on this host.
+            "http": f"{HOST}:{free_port()}",
             **switch,
         }
     }
@@ -129,6 +140,10 @@ def switch_config(
         document["users"] = [dict(u) for u in users]
     if routes:
         document["routes"] = [dict(r) for r in routes]
+    if trunks:
+        document["trunks"] = [dict(t) for t in trunks]
+    for name, table in (sections or {}).items():
+        document[name] = dict(table)
     return document
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from twinline.config import Config, load_config_text
+from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.errors import SipParseError
 from twinline.sip.message import Limits, Request, Response, parse_message
 from twinline.sip.transaction import (
@@ -22,9 +23,11 @@ from twinline.sip.transaction import (
     Transaction,
     TransactionLayer,
 )
+from twinline.switch.access import Admission, CallLimits, DigestGate, TrustedSources, secrets_of
 from twinline.switch.b2bua import SwitchCore
 from twinline.switch.control import PlanControl
-from twinline.switch.registrar import Binding, LocationService
+from twinline.switch.flood import FloodGuard
+from twinline.switch.registrar import Binding, LocationService, Registrar
 from twinline.switch.routing import RoutingPlan
 from twinline.switch.session_timer import SessionConfig
 from twinline.timers import TimerHeap
@@ -255,6 +258,9 @@ class Switch:
     outbox: list[tuple[Address, bytes]] = field(default_factory=list)
     # RFC 4028 session timers: off unless a test turns them on.
     session: SessionConfig | None = None
+    # Set by `secure()`.
+    authenticator: DigestAuthenticator | None = None
+    guard: FloodGuard | None = None
 
     def __post_init__(self) -> None:
         self.config = load_config_text(self.config_text)
@@ -297,6 +303,41 @@ class Switch:
         out = [Sent(a, d, _parse_or_none(d)) for a, d in self.outbox]
         self.outbox.clear()
         return out
+
+    def secure(self) -> Switch:
+        """Wire who-may-call-what and the flood guard from the configuration, as the
+        switch process does (twinline.switch.server), with a fixed nonce key."""
+        config = self.config
+        access, flood = config.access, config.flood
+        secrets = secrets_of(config)
+        self.authenticator = DigestAuthenticator(
+            config.switch.domain,
+            b"sipfix nonce key, 32 bytes long!",
+            nonce_lifetime=access.nonce_lifetime,
+            algorithms=access.digest_algorithms,
+        )
+        trusted = TrustedSources.from_config(config)
+        self.guard = FloodGuard(
+            max_requests=flood.max_requests,
+            window=flood.window,
+            max_auth_failures=flood.max_auth_failures,
+            max_user_auth_failures=flood.max_user_auth_failures,
+            auth_window=flood.auth_window,
+            ban_seconds=flood.ban_seconds,
+            is_trusted=trusted.is_trusted,
+        )
+        self.core.guard = self.guard
+        self.core.admission = Admission(
+            config,
+            DigestGate(self.authenticator, secrets, self.guard),
+            trusted,
+            CallLimits.from_config(config),
+        )
+        self.core.registrar = Registrar(
+            config.switch.domain, secrets, self.authenticator, self.location,
+            hide_unknown_users=True, failures=self.guard,
+        )  # fmt: skip
+        return self
 
     def register(self, user: str, contact: str, *, q: float = 1.0, at: float = 0.0) -> None:
         """Put a binding in the location service, as a successful REGISTER would."""

@@ -145,7 +145,10 @@ def test_unknown_key_is_named(text: str, message: str) -> None:
             "[[routes]]\nprefix = '9'\ntarget = 'h:5060'\ntransport = 'sctp'\n",
             "routes[0].transport: Invalid enum value 'sctp'",
         ),
-        ("[[users]]\nname = 'alice'\n", "users[0].password: missing (this key is required)"),
+        (
+            "[[users]]\nname = 'alice'\n",
+            "users[0].password: missing (give password, or ha1_md5 / ha1_sha256)",
+        ),
     ],
 )
 def test_wrong_type_is_named(text: str, message: str) -> None:
@@ -221,7 +224,10 @@ def test_duplicate_user_is_named() -> None:
     ("user", "message"),
     [
         ("name = 'al ice'\npassword = 'x'", "users[0].name: 'al ice' is not a valid SIP user name"),
-        ("name = 'alice'\npassword = ''", "users[0].password: must not be empty"),
+        (
+            "name = 'alice'\npassword = ''",
+            "users[0].password: missing (give password, or ha1_md5 / ha1_sha256)",
+        ),
     ],
 )
 def test_bad_user(user: str, message: str) -> None:
@@ -269,3 +275,92 @@ def test_parse_hostport() -> None:
 def test_parse_listen() -> None:
     assert parse_listen("udp:127.0.0.1:5060") == ("udp", "127.0.0.1", 5060)
     assert parse_listen("tcp:[::1]:5061") == ("tcp", "::1", 5061)
+
+
+# --- trunks, access, flood, the API token -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[[routes]]\nprefix = '9'\n",
+            "routes[0].target: missing (give target = 'HOST:PORT', or trunk = 'NAME')",
+        ),
+        (
+            "[[routes]]\nprefix = '9'\ntrunk = 'carrier'\n",
+            "routes[0].trunk: no trunk named 'carrier' (known: none)",
+        ),
+        (
+            "[[trunks]]\nname = 'c'\nsources = ['10.0.0.1']\n"
+            "[[routes]]\nprefix = '9'\ntrunk = 'c'\n",
+            "routes[0].trunk: trunk 'c' has no target to send calls to",
+        ),
+        (
+            "[[trunks]]\nname = 'c'\ntarget = 'h:5060'\n"
+            "[[routes]]\nprefix = '9'\ntrunk = 'c'\ntarget = 'h:5060'\n",
+            "routes[0].trunk: give target or trunk, not both",
+        ),
+        (
+            "[[trunks]]\nname = 'c'\nsources = ['10.0.0.1/24']\n",
+            "trunks[0].sources[0]: '10.0.0.1/24' is not an address or network "
+            "(10.0.0.1/24 has host bits set)",
+        ),
+        (
+            "[[trunks]]\nname = 'c'\n",
+            "trunks[0]: give sources (where its calls come from), a target, or both",
+        ),
+        (
+            "[[trunks]]\nname = 'c'\ntarget = 'h:1'\n[[trunks]]\nname = 'c'\ntarget = 'h:2'\n",
+            "trunks[1].name: 'c' appears twice",
+        ),
+        (
+            "[access]\npublic_numbers = ['']\n",
+            "access.public_numbers[0]: '' would open every number and route to anyone: "
+            "list the prefixes you mean",
+        ),
+        (
+            "[access]\ndigest_algorithms = ['SHA-512']\n",
+            "access.digest_algorithms[0]: 'SHA-512': use 'MD5' or 'SHA-256'",
+        ),
+        (
+            "[access]\nunknown_callers = 'allow'\n",
+            "access.unknown_callers: Invalid enum value 'allow'",
+        ),
+        (
+            "[access]\ndigest_algorithms = ['SHA-256', 'MD5']\n"
+            "[[users]]\nname = 'a'\nha1_md5 = '" + "0" * 32 + "'\n",
+            "users[0].ha1_sha256: needed: access.digest_algorithms offers SHA-256",
+        ),
+        (
+            "[[users]]\nname = 'a'\npassword = 'p'\nha1_md5 = '" + "0" * 32 + "'\n",
+            "users[0].password: give a password or ha1 hashes, not both",
+        ),
+        (
+            "[flood]\nban_seconds = 0\n",
+            "flood.ban_seconds: 0.0 is out of range (more than 0, up to 86400)",
+        ),
+        ("[flood]\nmax_requests = -1\n", "flood.max_requests: must not be negative (0: no limit)"),
+    ],
+)
+def test_bad_access_configuration_is_named(text: str, message: str) -> None:
+    assert error_of(text) == message
+
+
+def test_an_api_off_this_host_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TWINLINE_API_TOKEN", raising=False)
+    text = "[switch]\nhttp = '10.0.0.1:8062'\n"
+    assert error_of(text) == (
+        "switch.api_token: needed: switch.http '10.0.0.1:8062' listens off this host, and "
+        "drain and handover must not be open to it (or set TWINLINE_API_TOKEN)"
+    )
+    assert load_config_text(text + "api_token = 'x'\n").switch.api_token == "x"
+    monkeypatch.setenv("TWINLINE_API_TOKEN", "from-env")
+    assert load_config_text(text).switch.api_token == ""
+
+
+def test_example_configuration_loads_with_authentication_on() -> None:
+    config = load_config(Path(__file__).parents[2] / "examples" / "twinline.toml")
+    assert [u.name for u in config.users] == ["alice", "bob"]
+    assert all(not t.sources for t in config.trunks)  # nobody on loopback is trusted
+    assert config.access.public_numbers == []

@@ -240,6 +240,8 @@ class FakeCall:
         self.outcomes: tuple[tuple[str, int, str], ...] = ()
         self.answered_at: float | None = None
         self.ended_at: float | None = None
+        self.user = ""
+        self.trunk = ""
 
         class Req:
             uri = "sip:1000@switch"

@@ -86,8 +86,12 @@ class CallInfo(msgspec.Struct, frozen=True, kw_only=True):
     callee: str  # the dialled number or user name
     caller_uri: str = ""
     callee_uri: str = ""
-    headers: dict[str, str] = {}  # headers a service may need (P-Asserted-Identity, ...)
+    # The caller's P-Asserted-Identity (from a trunk only), Privacy, Diversion and
+    # History-Info, when its INVITE had them; several values joined with ", ".
+    headers: dict[str, str] = {}
     created: float = 0.0  # wall clock at the switch's INVITE
+    user: str = ""  # the local user who authenticated the INVITE, or ""
+    trunk: str = ""  # the trunk (by its configured name) the INVITE came from, or ""
 
 
 class Offered(_Msg, tag="offered", frozen=True, kw_only=True):

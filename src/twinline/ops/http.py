@@ -8,20 +8,35 @@
 - `GET /metrics`: the switch's Prometheus metrics (`twinline.metrics_switch`).
 - `GET /` (the dashboard), `GET /api/events` (its live feed), `GET /api/calls`: see
   `twinline.ops.dashboard`.
+
+Reading is open; every request that changes state (any method but GET, HEAD and
+OPTIONS) must carry ``Authorization: Bearer TOKEN`` with the configured token
+(`switch.api_token` or TWINLINE_API_TOKEN). Without a configured token such requests
+are refused: the configuration must say who may change the switch. A refusal writes
+the security log's block line (twinline.switch.flood), so fail2ban sees guessing.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 
 from twinline.metrics import metrics_handler
 from twinline.ops.dashboard import add_dashboard
+from twinline.switch.flood import block
 
 log = logging.getLogger("twinline.ops")
+
+_READ_ONLY = frozenset(["GET", "HEAD", "OPTIONS"])
+_HOW = "set switch.api_token in the configuration, or TWINLINE_API_TOKEN"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Operable(Protocol):
@@ -36,7 +51,36 @@ class Operable(Protocol):
     ) -> dict[str, Any]: ...
 
 
-def make_app(switch: Operable, metrics: CollectorRegistry | None = None) -> web.Application:
+def _token_guard(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in _READ_ONLY:
+            return await handler(request)
+        if not token:
+            raise web.HTTPForbidden(text=f"changes through this API are off: {_HOW}\n")
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            port = peer[1] if isinstance(peer, tuple) and len(peer) > 1 else 0
+            what = "no" if not given else "a wrong"
+            block(
+                ("tcp", request.remote or "?", port),
+                f"HTTP {request.method} {request.path} refused: {what} API token",
+            )
+            raise web.HTTPUnauthorized(
+                text=f"this needs the API token (Authorization: Bearer ...): {_HOW}\n",
+                headers={"WWW-Authenticate": 'Bearer realm="twinline"'},
+            )
+        return await handler(request)
+
+    return guard
+
+
+def make_app(
+    switch: Operable, metrics: CollectorRegistry | None = None, *, token: str = ""
+) -> web.Application:
     async def get_status(request: web.Request) -> web.Response:
         return web.json_response(switch.status())
 
@@ -56,7 +100,7 @@ def make_app(switch: Operable, metrics: CollectorRegistry | None = None) -> web.
     async def post_handover(request: web.Request) -> web.Response:
         return web.json_response(switch.handover(server_name(request)))
 
-    app = web.Application()
+    app = web.Application(middlewares=[_token_guard(token)])
     app.router.add_get("/api/status", get_status)
     app.router.add_post("/api/servers/{name}/drain", post_drain)
     app.router.add_post("/api/servers/{name}/handover", post_handover)
@@ -67,11 +111,19 @@ def make_app(switch: Operable, metrics: CollectorRegistry | None = None) -> web.
 
 
 async def start_http(
-    switch: Operable, host: str, port: int, *, metrics: CollectorRegistry | None = None
+    switch: Operable,
+    host: str,
+    port: int,
+    *,
+    metrics: CollectorRegistry | None = None,
+    token: str = "",
 ) -> web.AppRunner:
-    runner = web.AppRunner(make_app(switch, metrics), access_log=None)
+    runner = web.AppRunner(make_app(switch, metrics, token=token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    log.info("status API on http://%s:%s/api/status", host, port)
+    log.info(
+        "status API on http://%s:%s/api/status; changes %s",
+        host, port, "need the API token" if token else f"are off ({_HOW})",
+    )  # fmt: skip
     return runner

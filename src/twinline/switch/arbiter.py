@@ -44,8 +44,9 @@ from twinline.link.messages import (
 )
 from twinline.services.chain import chain_name
 from twinline.sip.errors import SipParseError
-from twinline.sip.message import Request, parse_name_addr
+from twinline.sip.message import parse_name_addr
 from twinline.store.records import ActiveCall, Cdr, Role
+from twinline.switch.access import service_headers
 from twinline.switch.call import Call
 from twinline.switch.routing import (
     NO_OPTIONS,
@@ -182,15 +183,6 @@ def _uri_of(header: str) -> str:
 
 # The caller's headers a service may decide on (CallInfo.headers): identity and
 # privacy (prepaid, screening), the diversions so far and the hops left (forwarding).
-SERVICE_HEADERS = ("P-Asserted-Identity", "Privacy", "Diversion", "History-Info", "Max-Forwards")
-
-
-def _service_headers(req: Request) -> dict[str, str]:
-    """`SERVICE_HEADERS` of the caller's INVITE, several values of one joined by ", "."""
-    found = {name: req.get_all(name) for name in SERVICE_HEADERS}
-    return {name: ", ".join(values) for name, values in found.items() if values}
-
-
 def _destination(call: Call) -> str:
     return call.target.destination if call.target is not None else ""
 
@@ -541,8 +533,10 @@ class Arbiter:
             callee=call.dialled,
             caller_uri=_uri_of(req.get("From") or ""),
             callee_uri=req.uri,
-            headers=_service_headers(req),
+            headers=service_headers(req, trusted=bool(call.trunk)),
             created=wall,
+            user=call.user,
+            trunk=call.trunk,
         )
         offered = Offered(
             call=call.id,

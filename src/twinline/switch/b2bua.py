@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Protocol
+from urllib.parse import unquote
 
 from twinline.metrics_histogram import DURATION_BUCKETS, SETUP_BUCKETS, Histogram
 from twinline.sip.errors import SipParseError
@@ -46,8 +47,10 @@ from twinline.sip.transaction import (
     Transaction,
     TransactionLayer,
 )
+from twinline.switch.access import ASSERTED, Admission, Refusal
 from twinline.switch.call import Attempt, Call, CallState, Leg, Refresh, Relay, Side
 from twinline.switch.control import CallControl
+from twinline.switch.flood import FloodGuard
 from twinline.switch.routing import DestinationOptions, Target, address_of_uri, format_host
 from twinline.switch.session_timer import (
     IntervalTooSmall,
@@ -163,6 +166,9 @@ class SwitchCore:
         self.session = session or SessionConfig()  # RFC 4028; off unless configured
         self.registrar = registrar
         self.control: CallControl | None = None
+        # Who may call what, and the per-address flood limits; None: everyone, no limit.
+        self.admission: Admission | None = None
+        self.guard: FloodGuard | None = None
         self.calls: dict[str, Call] = {}
         # (SIP Call-ID, our tag) -> the leg: how in-dialog requests find their call.
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}
@@ -182,6 +188,9 @@ class SwitchCore:
     def receive(self, data: bytes, source: Address, now: float, *, stream: bool = False) -> None:
         self.stats.received += 1
         self._now = now
+        guard = self.guard
+        if guard is not None and not guard.admit(source, now):
+            return  # a banned address: dropped unread
         try:
             msg = parse_message(data, self.limits, stream=stream)
         except SipParseError as e:
@@ -442,6 +451,7 @@ class SwitchCore:
             remote_target = parse_name_addr(contact_value).uri
             parse_uri(remote_target)
             session = negotiate_as_uas(req, self.session)
+            caller_user = parse_uri(caller.uri).user if caller.uri else ""
         except SipParseError as e:
             self._respond(txn, req, e.status, e.reason, tag=True)
             return
@@ -450,6 +460,14 @@ class SwitchCore:
                 txn, req, 422, "Session Interval Too Small", [("Min-SE", str(e.min_se))], tag=True
             )
             return
+        user = trunk = ""
+        if self.admission is not None:
+            admitted = self.admission.admit(req, txn.address, dialled, unquote(caller_user), now)
+            if isinstance(admitted, Refusal):
+                status, reason, headers = admitted.status, admitted.reason, admitted.headers
+                self._respond(txn, req, status, reason, list(headers), tag=True)
+                return
+            user, trunk = admitted.user, admitted.trunk
         self._respond(txn, req, 100, "Trying")
         self.stats.calls_offered += 1
         local_tag = new_tag()
@@ -474,9 +492,11 @@ class SwitchCore:
             a=a,
             a_invite=txn,
             dialled=dialled,
-            caller=parse_uri(caller.uri).user if caller.uri else "",
+            caller=caller_user,
             created=now,
             late_offer=not req.body,
+            user=user,
+            trunk=trunk,
         )
         txn.owner = call
         self.calls[call.id] = call
@@ -530,6 +550,9 @@ class SwitchCore:
             ("Contact", self._contact(transport, b.secure)),
         ]
         passed = PASSED_ON_NEW_INVITE
+        if not call.trunk:
+            # An identity asserted by anyone but a trunk is not passed on (RFC 3325 5).
+            passed = passed - ASSERTED
         if options.diversion:
             # Ours on top; earlier diversions follow, so their counters add up (RFC
             # 5806 2). A History-Info of ours starts the history afresh.
@@ -897,6 +920,8 @@ class SwitchCore:
         call.state = CallState.ENDED
         call.ended_at = now
         self.calls.pop(call.id, None)
+        if self.admission is not None:
+            self.admission.ended(call.user, call.trunk)
         self.dialogs.pop((call.a.call_id, call.a.local_tag), None)
         if call.b is not None:
             self.dialogs.pop((call.b.call_id, call.b.local_tag), None)

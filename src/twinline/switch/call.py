@@ -173,6 +173,8 @@ class Call:
     # The session interval our INVITE to the callee asks for, when a 422 raised it
     # above the configured one (RFC 4028 7.3); 0: the configured one.
     b_session_expires: int = 0
+    user: str = ""  # the local user who authenticated the INVITE, or ""
+    trunk: str = ""  # the trunk whose source sent the INVITE, or ""
 
     @property
     def setup(self) -> ServerInviteTransaction:

@@ -14,7 +14,9 @@ Choices RFC 3261 leaves open, made here:
   ``hide_unknown_users`` is set; then an unknown user is challenged like a known one
   and refused with 403, so that scanners cannot list the users by their answers;
 - a digest response that does not match the password (or names an unknown user) gets
-  403, not a new 401: the phone's password is wrong and retrying will not help;
+  403, not a new 401: the phone's password is wrong and retrying will not help; the
+  digest check is the one calls use too (`twinline.switch.access.DigestGate`), which
+  logs the failure for fail2ban and counts it against the address and the user;
 - a REGISTER whose Call-ID matches a binding's and whose CSeq is not higher (step 7:
   out of order, or a replay past the transaction layer) fails with 500 and changes
   nothing; the phone's next refresh has a higher CSeq and succeeds;
@@ -34,12 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from twinline.sip.digest import (
-    AuthFailure,
-    CredentialsError,
-    DigestAuthenticator,
-    parse_credentials,
-)
+from twinline.sip.digest import DigestAuthenticator
 from twinline.sip.errors import SipParseError
 from twinline.sip.ids import new_tag
 from twinline.sip.message import (
@@ -50,6 +47,7 @@ from twinline.sip.message import (
     parse_uri,
     response_to,
 )
+from twinline.switch.access import DigestGate, Failures, Refusal, Secret
 
 __all__ = [
     "MAX_CONTACTS_PER_USER",
@@ -226,12 +224,13 @@ class _RefusedError(Exception):
 
 
 class Registrar:
-    """Handles REGISTER requests (RFC 3261 10.3) for the users in `passwords`."""
+    """Handles REGISTER requests (RFC 3261 10.3) for the users in `passwords` (each a
+    password or its `Ha1` hashes)."""
 
     def __init__(
         self,
         domain: str,
-        passwords: Mapping[str, str],
+        passwords: Mapping[str, Secret],
         authenticator: DigestAuthenticator,
         location: LocationService,
         *,
@@ -239,6 +238,7 @@ class Registrar:
         max_expires: int = 7200,
         default_expires: int = 3600,
         hide_unknown_users: bool = False,
+        failures: Failures | None = None,
     ) -> None:
         if not 0 < min_expires <= default_expires <= max_expires:
             raise ValueError(
@@ -247,6 +247,7 @@ class Registrar:
         self.domain = domain
         self.passwords = passwords
         self.authenticator = authenticator
+        self.gate = DigestGate(authenticator, passwords, failures)
         self.location = location
         self.min_expires = min_expires
         self.max_expires = max_expires
@@ -288,14 +289,16 @@ class Registrar:
             raise _RefusedError(404, "Not Found")
 
         # Steps 3 and 4: authenticate; the authenticated user may change only its own.
-        authenticated = self._authenticate(req, now)
-        if authenticated != user or not known:
-            _log.info(
-                "REGISTER for %r by authenticated user %r refused (call-id %s)",
-                user,
-                authenticated,
-                req.call_id,
+        authenticated = self.gate.check(req, source, now, proxy=False)
+        if isinstance(authenticated, Refusal):
+            raise _RefusedError(
+                authenticated.status, authenticated.reason, list(authenticated.headers)
             )
+        if authenticated != user or not known:
+            self.gate.failures.failed(
+                source, None,
+                f"REGISTER for {user!r} by authenticated user {authenticated!r} refused", now,
+            )  # fmt: skip
             raise _RefusedError(403, "Forbidden")
 
         # Steps 6 and 7: the contacts.
@@ -352,40 +355,6 @@ class Registrar:
         if uri.scheme not in ("sip", "sips") or not uri.user:
             raise _RefusedError(404, "Not Found")
         return unquote(uri.user)
-
-    def _authenticate(self, req: Request, now: float) -> str:
-        """The authenticated user name, or a refusal: 401 to (re)challenge, 403, 400."""
-        auth = self.authenticator
-        ours = None
-        for value in req.get_all("Authorization"):
-            try:
-                creds = parse_credentials(value)
-            except CredentialsError as e:
-                _log.info("%s (call-id %s)", e, req.call_id)
-                raise _RefusedError(400, e.reason) from None
-            # Credentials for other realms (or schemes) are someone else's (22.4).
-            if ours is None and creds.is_digest and creds.realm == auth.realm:
-                ours = creds
-        if ours is None:
-            raise self._challenge(now, stale=False)
-        result = auth.verify(req.method, ours, self.passwords.get, now)
-        if result.ok:
-            return result.username
-        _log.info(
-            "REGISTER authentication of %r failed: %s (call-id %s)",
-            result.username,
-            result.failure.value if result.failure else "?",
-            req.call_id,
-        )
-        if result.failure in (AuthFailure.WRONG_RESPONSE, AuthFailure.NO_SUCH_USER):
-            raise _RefusedError(403, "Forbidden")
-        # Stale or replayed nonce: stale=true; a nonce not ours, or an algorithm or qop
-        # we do not do: a fresh challenge that says what we do.
-        raise self._challenge(now, stale=result.stale)
-
-    def _challenge(self, now: float, *, stale: bool) -> _RefusedError:
-        values = self.authenticator.challenge(now, stale=stale)
-        return _RefusedError(401, "Unauthorized", [("WWW-Authenticate", v) for v in values])
 
     def _expires_header(self, req: Request) -> int | None:
         value = req.get("Expires")

@@ -91,10 +91,17 @@ class RoutingPlan:
         self.location = location
         # Longest prefix first, so the first match wins.
         self.routes: list[Route] = sorted(config.routes, key=lambda r: -len(r.prefix))
-        self._route_targets = {
-            id(r): parse_hostport(r.target, default_port=5061 if r.transport == "tls" else 5060)
-            for r in self.routes
-        }
+        trunks = {t.name: t for t in config.trunks}
+        # A route naming a trunk takes the trunk's target and transport.
+        self._route_targets: dict[int, Address] = {}
+        for r in self.routes:
+            transport, target = (
+                (trunks[r.trunk].transport, trunks[r.trunk].target)
+                if r.trunk
+                else (r.transport, r.target)
+            )
+            port = 5061 if transport == "tls" else 5060
+            self._route_targets[id(r)] = (transport, *parse_hostport(target, default_port=port))
 
     def resolve(
         self, dialled: str, now: float, options: DestinationOptions = NO_OPTIONS
@@ -119,11 +126,11 @@ class RoutingPlan:
             return targets
         for route in self.routes:
             if dialled.startswith(route.prefix):
-                host, port = self._route_targets[id(route)]
+                transport, host, port = self._route_targets[id(route)]
                 number = route.add + dialled[route.strip :]
                 # TLS to a trunk is hop by hop (RFC 5630 3.1.3): a SIP URI, sent over TLS.
-                params = ";transport=tcp" if route.transport == "tcp" else ""
+                params = ";transport=tcp" if transport == "tcp" else ""
                 uri = f"sip:{number}@{format_host(host)}:{port}{params}"
-                address = (route.transport, host, port)
+                address = (transport, host, port)
                 return [Target(uri, address, f"route:{route.prefix}", dialled, options)]
         raise NoRoute(404, "Not Found")

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from twinline.config import Config, ConfigError, parse_hostport, parse_listen
+from twinline.config import Config, ConfigError, api_token, parse_hostport, parse_listen
 from twinline.errors import StartupError
 from twinline.link.aio import AioLink, serve
 from twinline.link.endpoint import Closed, HelloReceived, LinkEndpoint, Received
@@ -35,9 +35,17 @@ from twinline.sip.transaction import Address
 from twinline.sip.transport import SipTransports
 from twinline.store import open_database
 from twinline.store.base import Store
+from twinline.switch.access import (
+    Admission,
+    CallLimits,
+    DigestGate,
+    TrustedSources,
+    secrets_of,
+)
 from twinline.switch.arbiter import Arbiter, ServicePlan, Takeovers
 from twinline.switch.b2bua import SwitchCore
 from twinline.switch.control import PlanControl
+from twinline.switch.flood import FloodGuard
 from twinline.switch.registrar import LocationService, Registrar
 from twinline.switch.routing import RoutingPlan
 from twinline.switch.session_timer import SessionConfig
@@ -77,6 +85,7 @@ class SwitchServer:
         self.transports = SipTransports(self._deliver, self._failed, self.limits, resolver=resolver)
         self.location = LocationService()
         self.core: SwitchCore | None = None
+        self.guard: FloodGuard | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._stopped: asyncio.Event | None = None
@@ -115,11 +124,32 @@ class SwitchServer:
                 raise StartupError(f"cannot listen on {text}: {e.strerror or e}") from None
             local.setdefault(transport, (sw.advertise or bound[0], bound[1]))
             log.info("listening on %s:%s:%s", transport, bound[0], bound[1])
-        passwords = {u.name: u.password for u in self.config.users}
+        secrets = secrets_of(self.config)
+        access, flood = self.config.access, self.config.flood
         # Nonces are checked statelessly with this key; a new one per start is enough
         # for a single switch (a phone whose nonce went stale simply re-authenticates).
-        authenticator = DigestAuthenticator(sw.domain, os.urandom(32))
-        registrar = Registrar(sw.domain, passwords, authenticator, self.location)
+        authenticator = DigestAuthenticator(
+            sw.domain,
+            os.urandom(32),
+            nonce_lifetime=access.nonce_lifetime,
+            algorithms=access.digest_algorithms,
+        )
+        trusted = TrustedSources.from_config(self.config)
+        guard = FloodGuard(
+            max_requests=flood.max_requests,
+            window=flood.window,
+            max_auth_failures=flood.max_auth_failures,
+            max_user_auth_failures=flood.max_user_auth_failures,
+            auth_window=flood.auth_window,
+            ban_seconds=flood.ban_seconds,
+            is_trusted=trusted.is_trusted,
+        )
+        # Unknown users are challenged and refused like a wrong password: the answers
+        # must not tell a scanner which users exist.
+        registrar = Registrar(
+            sw.domain, secrets, authenticator, self.location,
+            hide_unknown_users=True, failures=guard,
+        )  # fmt: skip
         self.core = SwitchCore(
             send=self.transports.send,
             local=local,
@@ -135,6 +165,14 @@ class SwitchServer:
             registrar=registrar,
             # Time-ordered and unique per start: c<start time in ms, base 36>-<n>.
             call_id_prefix=f"c{_base36(time.time_ns() // 1_000_000)}-",
+        )
+        self.guard = guard
+        self.core.guard = guard
+        self.core.admission = Admission(
+            self.config,
+            DigestGate(authenticator, secrets, guard),
+            trusted,
+            CallLimits.from_config(self.config),
         )
         routing = RoutingPlan(self.config, self.location)
         if self.config.appservers:
@@ -169,7 +207,9 @@ class SwitchServer:
             self.core.control = PlanControl(routing, self.core)
         host, port = parse_hostport(sw.http)
         try:
-            self._http = await start_http(self, host, port, metrics=self.metrics)
+            self._http = await start_http(
+                self, host, port, metrics=self.metrics, token=api_token(self.config)
+            )
         except OSError as e:
             raise StartupError(
                 f"cannot listen on switch.http {sw.http}: {e.strerror or e}"
@@ -359,6 +399,11 @@ class SwitchServer:
                 "malformed_dropped": s.malformed_dropped,
             },
         }
+        if self.guard is not None and core.admission is not None and self.loop is not None:
+            result["security"] = {
+                **dataclasses.asdict(core.admission.stats),
+                **self.guard.status(self.loop.time()),
+            }
         if self.arbiter is not None:
             result["commands"] = dataclasses.asdict(self.arbiter.stats)
             result["calls"]["unprotected"] = self.arbiter.unprotected()

@@ -550,7 +550,7 @@ class SwitchCore:
             ("Contact", self._contact(transport, b.secure)),
         ]
         passed = PASSED_ON_NEW_INVITE
-        if not call.trunk:
+        if self.admission is not None and not call.trunk:
             # An identity asserted by anyone but a trunk is not passed on (RFC 3325 5).
             passed = passed - ASSERTED
         if options.diversion:

@@ -36,6 +36,7 @@ class Cluster:
     # Each application server's metrics port (set explicitly: the default, peer port +
     # 1000, could be a port some other test holds).
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    api_token: str = ""  # switch.api_token, when set
 
     @property
     def config_path(self) -> Path:
@@ -66,6 +67,7 @@ class Cluster:
 listen = ["udp:127.0.0.1:{self.sip_port}"]
 link = "127.0.0.1:{self.link_port}"
 http = "127.0.0.1:{self.http_port}"
+{f'api_token = "{self.api_token}"' if self.api_token else ""}
 
 [database]
 url = "sqlite:///{self.db_path}"

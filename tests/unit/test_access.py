@@ -396,7 +396,7 @@ def test_a_flooding_address_is_banned_its_packets_dropped_until_the_ban_ends(
         "blocked 198.51.100.7 port 5060: banned for 30 s: 21 messages in 1 s"
     )
     assert len(caplog.records) == 1  # dropped packets write nothing
-    assert sw.guard is not None and sw.guard.stats.dropped == 4
+    assert sw.guard is not None and sw.guard.stats.dropped == 5
     # Others are not affected, and the trunk is exempt however much it sends.
     assert sw.receive(options(100), ALICE)
     assert all(sw.receive(options(200 + n), CARRIER) for n in range(50))
@@ -488,3 +488,13 @@ def test_load_config_refuses_a_hash_of_the_wrong_length() -> None:
     text = "[[users]]\nname = 'a'\nha1_md5 = 'abc'\n"
     with pytest.raises(ConfigError, match=r"users\[0\]\.ha1_md5: must be 32 hexadecimal digits"):
         load_config_text(text)
+
+
+def test_refusals_are_stateless_no_transaction_kept_nothing_retransmitted() -> None:
+    sw = switch()
+    for _ in range(10):
+        assert statuses(sw.receive(invite("9555", from_user="mallory"), STRANGER), STRANGER) == [
+            "407 INVITE"
+        ]
+    assert len(sw.core.layer) == 0
+    assert sw.advance(40) == []  # no Timer G retransmissions of the 407s

@@ -635,6 +635,14 @@ class TransactionLayer:
         txn.start(now)
         return txn
 
+    def respond_statelessly(self, txn: ServerTransaction, resp: Response) -> None:
+        """Send a final response and forget the transaction, as a stateless server
+        would (RFC 3261 16.11): nothing is retransmitted, a retransmitted request is
+        answered afresh, an ACK finds no transaction and goes to the TU, which drops
+        it. For refusals a flood causes (challenges, 403), which must cost no state."""
+        self.send(txn.address, resp.to_bytes())
+        self._forget(txn)
+
     def find_invite(self, cancel: Request) -> ServerInviteTransaction | None:
         """The INVITE server transaction a CANCEL refers to (RFC 3261 9.2)."""
         txn = self.server.get(self._server_key(cancel, "INVITE"))

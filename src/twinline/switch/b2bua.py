@@ -464,8 +464,13 @@ class SwitchCore:
         if self.admission is not None:
             admitted = self.admission.admit(req, txn.address, dialled, unquote(caller_user), now)
             if isinstance(admitted, Refusal):
-                status, reason, headers = admitted.status, admitted.reason, admitted.headers
-                self._respond(txn, req, status, reason, list(headers), tag=True)
+                # Statelessly, as Kamailio challenges: a flood of INVITEs must not
+                # leave thousands of transactions retransmitting their 407s.
+                refusal = response_to(
+                    req, admitted.status, admitted.reason,
+                    to_tag=new_tag(), headers=list(admitted.headers),
+                )  # fmt: skip
+                self.layer.respond_statelessly(txn, refusal)
                 return
             user, trunk = admitted.user, admitted.trunk
         self._respond(txn, req, 100, "Trying")

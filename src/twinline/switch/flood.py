@@ -113,6 +113,7 @@ class FloodGuard:
             self._counts[host] = _EXEMPT
             return True
         self.stats.rate_bans += 1
+        self.stats.dropped += 1
         self._ban(source, now, f"{n} messages in {self.window:g} s")
         return False
 

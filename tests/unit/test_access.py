@@ -278,7 +278,8 @@ def test_a_trunk_is_not_challenged_and_its_identity_reaches_services_and_callee(
     (call,) = sw.core.calls.values()
     assert (call.user, call.trunk) == ("", "carrier")
     assert service_headers(call.setup.request, trusted=True) == {
-        "P-Asserted-Identity": "<sip:+15551234@carrier.example>"
+        "P-Asserted-Identity": "<sip:+15551234@carrier.example>",
+        "Max-Forwards": "70",
     }
 
 
@@ -315,6 +316,7 @@ def test_service_headers_join_repeated_values_and_drop_unasserted_identity() -> 
         "Privacy": "id",
         "Diversion": "<sip:c@x>;reason=unconditional",
         "History-Info": "<sip:a@x>;index=1, <sip:b@x>;index=1.1",
+        "Max-Forwards": "70",
     }
 
 

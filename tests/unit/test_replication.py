@@ -242,6 +242,7 @@ class FakeCall:
         self.ended_at: float | None = None
         self.user = ""
         self.trunk = ""
+        self.trusted = True
 
         class Req:
             uri = "sip:1000@switch"

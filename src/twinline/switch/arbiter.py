@@ -533,7 +533,7 @@ class Arbiter:
             callee=call.dialled,
             caller_uri=_uri_of(req.get("From") or ""),
             callee_uri=req.uri,
-            headers=service_headers(req, trusted=bool(call.trunk)),
+            headers=service_headers(req, trusted=call.trusted),
             created=wall,
             user=call.user,
             trunk=call.trunk,

@@ -502,6 +502,7 @@ class SwitchCore:
             late_offer=not req.body,
             user=user,
             trunk=trunk,
+            trusted=self.admission is None or bool(trunk),
         )
         txn.owner = call
         self.calls[call.id] = call
@@ -555,7 +556,7 @@ class SwitchCore:
             ("Contact", self._contact(transport, b.secure)),
         ]
         passed = PASSED_ON_NEW_INVITE
-        if self.admission is not None and not call.trunk:
+        if not call.trusted:
             # An identity asserted by anyone but a trunk is not passed on (RFC 3325 5).
             passed = passed - ASSERTED
         if options.diversion:

@@ -175,6 +175,9 @@ class Call:
     b_session_expires: int = 0
     user: str = ""  # the local user who authenticated the INVITE, or ""
     trunk: str = ""  # the trunk whose source sent the INVITE, or ""
+    # Whether the caller's P-Asserted-Identity is believed: from a trunk, or from
+    # anyone on a switch without access control (a bare core in tests).
+    trusted: bool = True
 
     @property
     def setup(self) -> ServerInviteTransaction:

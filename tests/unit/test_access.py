@@ -397,7 +397,7 @@ def test_a_flooding_address_is_banned_its_packets_dropped_until_the_ban_ends(
         answered = [bool(sw.receive(options(n), STRANGER)) for n in range(25)]
     assert answered == [True] * 20 + [False] * 5
     assert caplog.records[0].getMessage() == (
-        "blocked 198.51.100.7 port 5060: banned for 30 s: 21 messages in 1 s"
+        "blocked 198.51.100.7 port 5060: banned for 30 s: 21 requests in 1 s"
     )
     assert len(caplog.records) == 1  # dropped packets write nothing
     assert sw.guard is not None and sw.guard.stats.dropped == 5
@@ -479,13 +479,23 @@ def test_the_guard_table_of_bans_is_bounded() -> None:
     )  # fmt: skip
     for n in range(3):
         source = ("udp", f"10.0.0.{n}", 5060)
-        assert guard.admit(source, 0.0)
-        assert not guard.admit(source, 0.0)
+        assert guard.count(source, 0.0)
+        assert not guard.count(source, 0.0)
     assert guard.status(0.0)["banned"] == 2 and guard.stats.ban_table_full == 1
+    assert not guard.admit(("udp", "10.0.0.0", 5060), 1.0)
+    assert guard.admit(("udp", "10.0.0.2", 5060), 1.0)  # not recorded: the table was full
     # Expired bans make room.
-    assert guard.admit(("udp", "10.0.0.9", 5060), 11.0)
-    assert not guard.admit(("udp", "10.0.0.9", 5060), 11.0)
+    assert guard.count(("udp", "10.0.0.9", 5060), 11.0)
+    assert not guard.count(("udp", "10.0.0.9", 5060), 11.0)
     assert guard.status(11.0)["banned"] == 1
+
+
+def test_retransmissions_do_not_count_towards_a_ban() -> None:
+    sw = switch()
+    same = options(1)
+    answers = [sw.receive(same, STRANGER) for _ in range(50)]
+    assert all(len(a) == 1 for a in answers)  # the 200 again each time, never banned
+    assert sw.guard is not None and sw.guard.status(sw.now)["banned"] == 0
 
 
 def test_load_config_refuses_a_hash_of_the_wrong_length() -> None:

@@ -643,6 +643,10 @@ class TransactionLayer:
         self.send(txn.address, resp.to_bytes())
         self._forget(txn)
 
+    def discard(self, txn: ServerTransaction) -> None:
+        """Forget a server transaction the TU will not answer (a request dropped)."""
+        self._forget(txn)
+
     def find_invite(self, cancel: Request) -> ServerInviteTransaction | None:
         """The INVITE server transaction a CANCEL refers to (RFC 3261 9.2)."""
         txn = self.server.get(self._server_key(cancel, "INVITE"))

@@ -235,6 +235,10 @@ class SwitchCore:
 
     # --- TransactionUser ------------------------------------------------------------------
     def request_received(self, txn: ServerTransaction, req: Request, now: float) -> None:
+        guard = self.guard
+        if guard is not None and not guard.count(txn.address, now):
+            self.layer.discard(txn)  # the request that got its address banned
+            return
         if req.to_tag:
             found = self.dialogs.get((req.call_id, req.to_tag))
             if found is None:
@@ -265,7 +269,10 @@ class SwitchCore:
     def ack_received(self, req: Request, source: Address, now: float) -> None:
         found = self.dialogs.get((req.call_id, req.to_tag))
         if found is None:
-            return  # the ACK of a rejected INVITE, already absorbed, or a stray one
+            # The ACK of a rejected INVITE, already absorbed, or a stray one.
+            if self.guard is not None:
+                self.guard.count(source, now)
+            return
         call, leg = found
         other = call.other(leg)
         if other is None or not other.ack_held:
@@ -297,6 +304,9 @@ class SwitchCore:
             found = self.dialogs.get((resp.call_id, resp.from_tag))
             if found is not None and found[1].confirmed:
                 self._send_ack(found[1], b"", None)
+                return
+        if self.guard is not None:
+            self.guard.count(source, now)  # belongs to nothing: counted as a request
 
     def transaction_ended(self, txn: Transaction) -> None:
         owner = txn.owner

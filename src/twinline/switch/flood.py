@@ -1,13 +1,16 @@
 """Flood defence, sans-IO: request rates and failed authentications per address, bans.
 
-`FloodGuard.admit` runs for every datagram and stream message before it is parsed. A
-banned address costs one dict lookup and its message is dropped unread; any other
-message costs a counter in a fixed window (cleared whole when the window turns, so the
-table holds only the addresses heard in one window). An address that sends more than
-`max_requests` messages in a window is banned for `ban_seconds`, unless it is trusted
-(a trunk's source): the check of trust runs only when the limit is crossed. Responses
-count too: telling them from requests would take parsing, and junk that starts like
-a response must not be a way around the limit.
+`FloodGuard.admit` runs for every datagram and stream message before it is parsed: a
+banned address costs one dict lookup and its message is dropped unread.
+
+`FloodGuard.count` runs for each *new* request (one that starts a transaction, and an
+ACK or response that belongs to nothing): a counter per address in a fixed window
+(cleared whole when the window turns, so the table holds only the addresses heard in
+one window). An address with more than `max_requests` in a window is banned for
+`ban_seconds`, unless it is trusted (a trunk's source): the check of trust runs only
+when the limit is crossed. Retransmissions are not counted: a caller whose requests
+the switch is slow to answer (under a flood from elsewhere, say) retransmits them,
+and must not be banned for it.
 
 Failed authentications and refused calls (`failed`) count per address and per user in
 their own window: too many from one address bans it; too many for one user locks that
@@ -81,7 +84,7 @@ class FloodGuard:
         self.max_banned = max_banned
         self.stats = FloodStats()
         self._banned: dict[str, float] = {}  # host -> banned until
-        self._counts: dict[str, int] = {}  # host -> messages in this window
+        self._counts: dict[str, int] = {}  # host -> new requests in this window
         self._window_end = 0.0
         self._failures: dict[str, int] = {}  # host -> failures in this auth window
         self._user_failures: dict[str, int] = {}
@@ -90,18 +93,24 @@ class FloodGuard:
 
     # --- the hot path ---------------------------------------------------------------
     def admit(self, source: Address, now: float) -> bool:
-        """Whether to handle a message from `source`; False drops it."""
-        host = source[1]
+        """Whether to handle a message from `source`; False drops it unread."""
         banned = self._banned
         if banned:
+            host = source[1]
             until = banned.get(host)
             if until is not None:
                 if now < until:
                     self.stats.dropped += 1
                     return False
                 del banned[host]
+        return True
+
+    def count(self, source: Address, now: float) -> bool:
+        """Count a new request from `source`; False: it crossed the limit, the address
+        is banned from now on, and the request is to be dropped unanswered."""
         if not self.max_requests:
             return True
+        host = source[1]
         if now >= self._window_end:
             self._counts.clear()
             self._window_end = now + self.window
@@ -114,7 +123,7 @@ class FloodGuard:
             return True
         self.stats.rate_bans += 1
         self.stats.dropped += 1
-        self._ban(source, now, f"{n} messages in {self.window:g} s")
+        self._ban(source, now, f"{n} requests in {self.window:g} s")
         return False
 
     # --- failures -------------------------------------------------------------------

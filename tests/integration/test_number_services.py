@@ -49,10 +49,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]) -> 
     )
     # 9...: back into the switch itself, the 9 taken off (a forwarding loop's way out).
     routes += f'[[routes]]\nprefix = "9"\ntarget = "127.0.0.1:{sip_port}"\nstrip = 1\n\n'
+    # 60...: a subscriber's chain, as a carrier sells it.
     plan = "".join(
-        f'[[plan]]\nservice = "{service}"\nnumber = "{number}"\n\n'
-        for number, service in (("0800", "translation"), ("50", "forwarding"),
-                                ("60", "screening"))
+        f'[[plan]]\nservice = {service}\nnumber = "{number}"\n\n'
+        for number, service in (("0800", '"translation"'), ("50", '"forwarding"'),
+                                ("60", '["screening", "forwarding", "basic"]'))
     )  # fmt: skip
     cluster = Cluster(
         directory / "cluster",
@@ -98,10 +99,11 @@ def refused_scenario(
     return path
 
 
-def calling_from(directory: Path, number: str) -> Path:
-    """uac_call.xml with the caller's user part `number` rather than `caller`."""
-    text = scenario("uac_call.xml").read_text().replace("<sip:caller@", f"<sip:{number}@")
-    path = directory / "scenarios" / f"uac_call_from_{number}.xml"
+def calling_from(directory: Path, number: str, *, forwarded: bool = False) -> Path:
+    """uac_call.xml (uac_forwarded.xml) with the caller's user part `number`."""
+    name = "uac_forwarded.xml" if forwarded else "uac_call.xml"
+    text = scenario(name).read_text().replace("<sip:caller@", f"<sip:{number}@")
+    path = directory / "scenarios" / f"from_{number}_{name}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
@@ -318,12 +320,17 @@ def test_a_forwarding_loop_is_stopped(phones: Phones) -> None:
 # --- screening ------------------------------------------------------------------------
 
 
-def test_blocked_and_anonymous_callers_are_refused_with_their_codes(phones: Phones) -> None:
+def test_blocked_and_anonymous_callers_are_refused_with_their_codes_in_a_chain(
+    phones: Phones,
+) -> None:
     load(
         phones.cluster, "screening",
-        "subscriber,kind,prefix\n6001,block,33\n6001,reject-anonymous,\n*,allow,3315\n",
+        "subscriber,kind,prefix\n6001,block,33\n6001,reject-anonymous,\n*,allow,3315\n"
+        "6002,block,33\n",
     )  # fmt: skip
+    cli(phones.cluster, "forwarding", "add", "6002", "always", "--target", "7602")
     allowed = phones.callee("a", "uas_answer.xml")
+    diverted = phones.callee("diverted", "uas_diverted.xml", log=True)
     phones.refused("6001", 603, caller="3312")
     phones.refused("6001", 433, caller="anonymous")
     phones.refused("6001", 433, caller="4420", privacy="id")
@@ -331,3 +338,8 @@ def test_blocked_and_anonymous_callers_are_refused_with_their_codes(phones: Phon
     # The operator's allow list beats the callee's block of 33.
     phones.call("operator-allowed", "6001", calling_from(phones.sipp.directory, "331500"))
     phones.answered(allowed, 2)
+    # Screening, then forwarding: a blocked caller is not forwarded; another is.
+    phones.refused("6002", 603, caller="3312")
+    phones.call("forwarded", "6002", calling_from(phones.sipp.directory, "4420", forwarded=True))
+    phones.answered(diverted, 1)
+    assert "Diversion: <sip:6002@" in phones.log_of("diverted").read_text()

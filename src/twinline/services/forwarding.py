@@ -115,7 +115,7 @@ class Forwarding(Service[ForwardingState]):
         subscriber = call.info.callee
         state.plans = await call.read(lambda tx: read_plans(tx, subscriber))
         if subscriber not in state.plans:
-            if not getattr(call, "chained", False):
+            if not call.chained:
                 call.route(subscriber)
             return
         history = diversion_history(call.info)
@@ -193,5 +193,5 @@ class Forwarding(Service[ForwardingState]):
         call.reject(status, reason)
 
     def _give_up(self, call: ServiceCall[ForwardingState], status: int, reason: str) -> None:
-        if not getattr(call, "chained", False):
+        if not call.chained:
             call.reject(status, reason)

@@ -68,5 +68,5 @@ class ScreeningService(Service[ScreeningState]):
         answer = ANSWERS.get(call.state.verdict)
         if answer is not None:
             call.reject(*answer)
-        elif not getattr(call, "chained", False):
+        elif not call.chained:
             call.route(callee)  # alone, screening connects the calls it lets through

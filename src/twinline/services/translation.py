@@ -90,7 +90,7 @@ class Translation(Service[TranslationState]):
         caller = caller_identity(call.info) or ""
         found = await call.read(lambda tx: translate(tx, number, caller, at))
         if found is None:
-            if not getattr(call, "chained", False):
+            if not call.chained:
                 call.reject(404, "Not Found")
             return
         call.state.routed = True
@@ -105,7 +105,7 @@ class Translation(Service[TranslationState]):
     ) -> None:
         state = call.state
         if not state.routed:
-            if not getattr(call, "chained", False):
+            if not call.chained:
                 call.reject(status, reason)
             return
         state.statuses.append(status)

@@ -244,3 +244,61 @@ def test_a_failing_handler_does_not_stop_the_link(
 
     run(main())
     assert any("handler failed on Received" in r.getMessage() for r in caplog.records)
+
+
+class PipeTransport(asyncio.Transport):
+    """One end of an in-memory pipe between two links: what it is given to write
+    reaches the other link on the next turn of the loop, and each write is counted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.peer: AioLink | None = None
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        assert self.peer is not None
+        self.loop.call_soon(self.peer.data_received, bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5062) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_messages_of_one_loop_turn_leave_in_one_write() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        switch, appserver = Recorder(live=[]), Recorder()
+        to_server, to_switch = PipeTransport(loop), PipeTransport(loop)
+        switch_link = AioLink(switch_endpoint(), switch, loop)
+        link = AioLink(server_endpoint(), appserver, loop)
+        to_server.peer, to_switch.peer = link, switch_link
+        switch_link.connection_made(to_server)
+        link.connection_made(to_switch)
+        await appserver.wait_for(Established)
+        before = len(to_switch.writes)
+        commands = [
+            m.Command(call=f"c-{n}", epoch=1, seq=n, action=m.Route(destinations=["2001"]))
+            for n in range(10)
+        ]
+        for cmd in commands:
+            link.send(cmd)
+        assert len(to_switch.writes) == before  # nothing yet: the burst is still being made
+        while len(switch.received(m.Command)) < 10:
+            seen = sum(isinstance(e, Received) for e in switch.events)
+            await switch.wait_for(Received, seen + 1)
+        # Then all ten in one write (a heartbeat may have gone on its own meanwhile).
+        commands_writes = [w for w in to_switch.writes[before:] if len(w) > 100]
+        assert len(commands_writes) == 1, to_switch.writes[before:]
+        assert switch.received(m.Command) == commands
+
+    asyncio.run(main())

@@ -258,6 +258,34 @@ def test_out_of_range(text: str, message: str) -> None:
     assert error_of(text) == message
 
 
+def test_a_postgresql_database_section_loads() -> None:
+    config = load_config_text(
+        "[database]\n"
+        'url = "postgresql://twinline@db1:5432,db2:5432/twinline?target_session_attrs=read-write"\n'
+        'pool_size = 8\nconnect_timeout = 3\nstatement_timeout = 10\nsslmode = "verify-full"\n'
+        'password_file = "/etc/twinline/db-password"\n'
+    )
+    db = config.database
+    assert (db.pool_size, db.connect_timeout, db.statement_timeout) == (8, 3.0, 10.0)
+    assert (db.sslmode, db.password_file) == ("verify-full", "/etc/twinline/db-password")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('url = "mysql://db/twinline"', "database.url: 'mysql://db/twinline': use sqlite:///FILE"),
+        ('url = "postgresql://twinline:s3cret@db/twinline"', "database.url: holds a password"),
+        ("pool_size = 0", "database.pool_size: 0 is out of range (1 to 100)"),
+        ("connect_timeout = 0", "database.connect_timeout: 0.0 must be greater than 0"),
+        ('sslmode = "sometimes"', "database.sslmode: 'sometimes': use one of disable, allow"),
+    ],
+)
+def test_bad_database_section(text: str, message: str) -> None:
+    error = error_of(f"[database]\n{text}\n")
+    assert error.startswith(message), error
+    assert "s3cret" not in error
+
+
 # --- the address parsers on their own ---------------------------------------------------------
 
 

@@ -182,6 +182,11 @@ class PgSession(Session):
     def commit(self) -> None:
         self.conn.execute("COMMIT")
 
+    def execute_many(self, sql: str, params: Sequence[tuple[SqlValue, ...]]) -> int:
+        cur = self.conn.cursor()
+        cur.executemany(render(sql, "postgresql"), params)
+        return cur.rowcount
+
     def rollback(self) -> None:
         if self._lost or self.conn.closed or self.conn.broken:
             return

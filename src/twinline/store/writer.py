@@ -30,13 +30,14 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import enum
+import itertools
 import logging
 import math
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
@@ -104,6 +105,10 @@ class Session(abc.ABC):
     def backoff(self, attempt: int) -> None:
         """Wait before running a conflicting transaction again (`attempt` >= 1)."""
         jittered_backoff(attempt)
+
+    def execute_many(self, sql: str, params: Sequence[tuple[SqlValue, ...]]) -> int:
+        """Run one statement once per parameter tuple; how many rows they changed."""
+        return sum(max(self.tx.execute(sql, p), 0) for p in params)
 
     def savepoint(self) -> None:
         self.tx.execute("SAVEPOINT one_op")
@@ -420,8 +425,10 @@ class Writer:
             try:
                 session.begin()
                 rows = 0
-                for write in batch:
-                    rows += max(session.tx.execute(write.sql, write.params), 0)
+                # Runs of the same statement (a burst of CDRs) go to the driver at once:
+                # psycopg pipelines them, one round trip rather than one per write.
+                for sql, run in itertools.groupby(batch, key=lambda w: w.sql):
+                    rows += max(session.execute_many(sql, [w.params for w in run]), 0)
                 session.commit()
             except Exception as e:
                 session.rollback()

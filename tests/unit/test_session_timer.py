@@ -328,3 +328,13 @@ def test_a_callee_with_a_malformed_session_expires_is_refreshed_by_the_switch() 
     # Both legs: the caller refreshes its own (it said timer), the switch the callee's.
     assert summaries(out) == [(CALLEE, "INVITE")]
     assert out[0].req.get("Session-Expires") == "60;refresher=uac"
+
+
+def test_require_timer_is_accepted_while_session_timers_are_on_and_refused_when_off() -> None:
+    on = switch()
+    out = on.receive(a_invite(extra=("Require: timer", "Session-Expires: 90")), CALLER)
+    assert summaries(out) == [(CALLER, "100 INVITE"), (CALLEE, "INVITE")]
+    off = Switch()
+    out = off.receive(a_invite(extra=("Require: timer", "Session-Expires: 90")), CALLER)
+    assert summaries(out) == [(CALLER, "420 INVITE")]
+    assert out[0].resp.get("Unsupported") == "timer"

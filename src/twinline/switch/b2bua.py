@@ -436,7 +436,8 @@ class SwitchCore:
     # --- a new call ------------------------------------------------------------------------
     def _new_call(self, txn: ServerInviteTransaction, req: Request, now: float) -> None:
         required = [r.strip() for r in req.get_all("Require") for r in r.split(",")]
-        unsupported = [r for r in required if r and r not in SUPPORTED]
+        supported = SUPPORTED if self.session.enabled else SUPPORTED - {"timer"}
+        unsupported = [r for r in required if r and r not in supported]
         if unsupported:
             self._respond(
                 txn, req, 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))], tag=True

@@ -247,7 +247,7 @@ def test_translation_overflows_on_busy_and_all_busy_is_486(phones: Phones) -> No
 def test_forwarding_on_busy_gives_181_and_diversion(phones: Phones) -> None:
     cli(phones.cluster, "forwarding", "add", "5001", "busy", "--target", "7601")
     busy = phones.callee("busy", "uas_busy.xml")
-    diverted = phones.callee("diverted", "uas_diverted.xml", log=True)
+    diverted = phones.callee("diverted", "uas_diverted.xml", log=True, trace=True)
     # uac_forwarded.xml fails the call unless a 181 comes before the answer.
     phones.call("caller", "5001", "uac_forwarded.xml", duration_ms=200)
     phones.answered(diverted, 1)
@@ -256,6 +256,9 @@ def test_forwarding_on_busy_gives_181_and_diversion(phones: Phones) -> None:
     log = phones.log_of("diverted").read_text()
     assert "Diversion: <sip:5001@127.0.0.1:" in log, log
     assert ">;reason=user-busy;counter=1" in log, log
+    # The caller sent Max-Forwards: 70; the forwarded INVITE has one hop less.
+    invite = (phones.sipp.directory / "diverted_messages.log").read_text()
+    assert "\nMax-Forwards: 69\n" in invite, invite
 
 
 def test_forwarding_after_the_no_answer_time(phones: Phones) -> None:
@@ -309,6 +312,9 @@ def test_a_forwarding_loop_is_stopped(phones: Phones) -> None:
     # with a Diversion naming 5004. The forwarding service stops it there.
     cli(phones.cluster, "forwarding", "add", "5004", "always", "--target", "95004")
     phones.refused("5004", 482)
+    # Two calls at the switch: the caller's, and its diversion come back, refused there
+    # (not after running round until Max-Forwards was used up).
+    assert [row[0] for row in cdrs(phones.cluster, "5004", calls=2)] == [482, 482]
     # And within one call: two plans that forward to each other.
     load(
         phones.cluster, "forwarding",

@@ -28,6 +28,12 @@ pytestmark = pytest.mark.integration
 NUMBER = "1000"  # routes use the prefix "1"
 
 
+def trunk(*addresses: str) -> dict[str, Any]:
+    """SIPp's callers at these addresses are a trusted trunk: their calls reach the
+    route without a challenge, as the other SIPp tests' calls from 127.0.0.1 do."""
+    return {"name": "sipp", "sources": ["127.0.0.1", *addresses]}
+
+
 @contextmanager
 def phone_at(sipp_path: str, tmp_path: Path, address: str) -> Iterator[Sipp]:
     """A SIPp runner whose processes bind `address` (a loopback address of its own)."""
@@ -58,7 +64,9 @@ def test_two_callers_with_the_same_branch_both_get_their_calls(
     start_switch: StartSwitch, sipp: Sipp, sipp_path: str, tmp_path: Path
 ) -> None:
     callee = sipp.start_uas("callee", scenario("uas_answer.xml"), port=(callee_port := free_port()))
-    switch = start_switch(routes=[route("1", callee_port)])
+    switch = start_switch(
+        routes=[route("1", callee_port)], trunks=[trunk("127.0.0.2", "127.0.0.3")]
+    )
     with (
         phone_at(sipp_path, tmp_path, "127.0.0.2") as a,
         phone_at(sipp_path, tmp_path, "127.0.0.3") as b,
@@ -85,7 +93,9 @@ def test_a_cancel_from_another_sent_by_does_not_end_the_call(
     callee = sipp.start_uas(
         "callee", scenario("uas_ring_then_answer.xml"), port=(callee_port := free_port())
     )
-    switch = start_switch(routes=[route("1", callee_port)])
+    # The victim's address is trusted, the stranger's is not (a CANCEL is never
+    # challenged, RFC 3261 22.1: it must be refused for what it is, not for who sent it).
+    switch = start_switch(routes=[route("1", callee_port)], trunks=[trunk("127.0.0.2")])
     with (
         phone_at(sipp_path, tmp_path, "127.0.0.2") as a,
         phone_at(sipp_path, tmp_path, "127.0.0.3") as stranger,

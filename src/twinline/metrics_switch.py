@@ -82,12 +82,48 @@ ARBITER_FIELDS: Fields = {
 }
 
 
+ADMITTED_HELP = "New calls let in, by who is calling: a trunk, a local user, the public"
+REFUSED_HELP = "New calls not let in, by how: challenged (407), refused (403, 400), limited"
+ACCESS_FIELDS: Fields = {
+    "trunk_calls": Field("twinline_calls_admitted", ADMITTED_HELP, labels={"caller": "trunk"}),
+    "user_calls": Field("twinline_calls_admitted", ADMITTED_HELP, labels={"caller": "user"}),
+    "public_calls": Field("twinline_calls_admitted", ADMITTED_HELP, labels={"caller": "public"}),
+    "challenged": Field("twinline_calls_refused", REFUSED_HELP, labels={"how": "challenged"}),
+    "refused": Field("twinline_calls_refused", REFUSED_HELP, labels={"how": "refused"}),
+    "limited": Field("twinline_calls_refused", REFUSED_HELP, labels={"how": "limited"}),
+}
+BANS_HELP = "Addresses banned, by cause: request rate, failed authentications"
+FLOOD_FIELDS: Fields = {
+    "dropped": Field(
+        "twinline_banned_messages_dropped", "Messages from banned addresses, dropped unread"
+    ),
+    "rate_bans": Field("twinline_bans", BANS_HELP, labels={"cause": "rate"}),
+    "auth_bans": Field("twinline_bans", BANS_HELP, labels={"cause": "auth"}),
+    "users_locked": Field("twinline_users_locked", "Users locked out for failed authentications"),
+    "auth_failures": Field(
+        "twinline_auth_failures", "Failed authentications and refused calls, all addresses"
+    ),
+    "ban_table_full": Field(
+        "twinline_bans_not_recorded", "Bans not recorded: the table of live bans was full"
+    ),
+}
+
+
 def switch_collector(server: SwitchServer) -> Callable[[Families], None]:
     def fill(families: Families) -> None:
         core = server.core
         if core is None:
             return
         families.stats(core.stats, SWITCH_FIELDS, prefix="twinline_switch")
+        if core.admission is not None:
+            families.stats(core.admission.stats, ACCESS_FIELDS, prefix="twinline_access")
+        if core.guard is not None:
+            families.stats(core.guard.stats, FLOOD_FIELDS, prefix="twinline_flood")
+            families.gauge(
+                "twinline_banned_addresses",
+                "Addresses banned now",
+                core.guard.banned_now(server.loop.time() if server.loop is not None else 0.0),
+            )
         layer = core.layer
         families.counter(
             "twinline_sip_retransmissions",

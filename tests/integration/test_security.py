@@ -32,6 +32,7 @@ import pytest
 
 from .cluster import Cluster
 from .conftest import StartSwitch
+from .scrape import scrape
 from .sipp import Sipp, SippRun, scenario
 from .switchproc import DOMAIN, HOST, SwitchProcess, free_port, switch_config
 
@@ -185,6 +186,10 @@ def test_who_may_call_through_a_trunk(
 
     security = status(http_port)["security"]
     assert security["trunk_calls"] == 20 and security["user_calls"] == 20, security
+    metrics = scrape(f"http://{HOST}:{http_port}/metrics")
+    assert metrics.value("twinline_calls_admitted_total", caller="trunk") == 20
+    assert metrics.value("twinline_calls_refused_total", how="challenged") == 20 + 20 + 4
+    assert metrics.value("twinline_auth_failures_total") == 4
     assert security["refused"] == 4 and security["auth_failures"] == 4, security
     lines = [line for line in switch.stderr().splitlines() if "twinline.security" in line]
     assert len(lines) == 4, lines

@@ -179,6 +179,9 @@ class FloodGuard:
         block(source, f"banned for {self.ban_seconds:g} s: {why}")
 
     # --- for operators ------------------------------------------------------------------
+    def banned_now(self, now: float) -> int:
+        return sum(1 for until in self._banned.values() if until > now)
+
     def status(self, now: float, *, listed: int = 50) -> dict[str, Any]:
         """Counters, and the live bans (the `listed` longest-running)."""
         live = sorted((until, host) for host, until in self._banned.items() if until > now)

@@ -10,6 +10,8 @@ or ACK from elsewhere does not touch someone else's INVITE.
 
 from __future__ import annotations
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from sipfix import (
     CALLEE,
     CALLER,
@@ -222,3 +224,72 @@ def test_an_ack_for_a_2xx_must_carry_the_2xx_to_tag_to_stop_its_retransmissions(
     assert not txn.acked  # the 2xx goes on being retransmitted to the real caller
     h.request(ack(to_tag="s1", branch="z9hG4bK-ack"), CALLER)
     assert txn.acked
+
+
+# --- the rule as a model, against any sequence of requests --------------------------------
+
+BRANCHES = ["z9hG4bKa", "z9hG4bKb", "1234", ""]
+SENT_BY = [
+    "127.0.0.1:5061",
+    "127.0.0.2:5061",
+    "127.0.0.1",
+    "127.0.0.1:5060",
+    "HOST.example",
+    "host.EXAMPLE",
+]
+request_fields = st.tuples(
+    st.sampled_from(["INVITE", "OPTIONS", "BYE"]),
+    st.sampled_from(BRANCHES),
+    st.sampled_from(SENT_BY),
+    st.sampled_from(["sip:9555@127.0.0.1", "sip:9556@127.0.0.1"]),
+    st.sampled_from(["c1@h", "c2@h"]),
+    st.sampled_from(["a1", "a2"]),
+    st.sampled_from([1, 2]),
+)
+
+
+def model_key(fields: tuple[str, str, str, str, str, str, int]) -> tuple[object, ...]:
+    """RFC 3261 17.2.3, written out plainly: what makes two requests one transaction."""
+    method, branch, sent_by, uri, call_id, from_tag, cseq = fields
+    host, _, port = sent_by.partition(":")
+    where = (host.lower(), int(port or 5060))
+    if branch.startswith("z9hG4bK"):
+        return ("3261", branch, where, method)
+    return ("2543", uri, from_tag, call_id, cseq, where, branch, method)
+
+
+def build(fields: tuple[str, str, str, str, str, str, int]) -> bytes:
+    method, branch, sent_by, uri, call_id, from_tag, cseq = fields
+    data = request_bytes(
+        method, uri, branch=branch or "X", call_id=call_id, cseq=cseq,
+        from_=f"<sip:alice@127.0.0.1>;tag={from_tag}", to="<sip:bob@127.0.0.1>",
+        via_host=sent_by, contact="<sip:alice@127.0.0.1:5061>",
+    )  # fmt: skip
+    return data if branch else data.replace(b";branch=X", b"")
+
+
+_SAME_HOST_OTHER_CASE = [
+    ("INVITE", "z9hG4bKa", "HOST.example", "sip:9555@127.0.0.1", "c1@h", "a1", 1),
+    ("INVITE", "z9hG4bKa", "host.EXAMPLE:5060", "sip:9555@127.0.0.1", "c2@h", "a2", 2),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(request_fields, min_size=1, max_size=12))
+@example(_SAME_HOST_OTHER_CASE)
+def test_requests_share_a_transaction_exactly_when_the_rfc_says(
+    sequence: list[tuple[str, str, str, str, str, str, int]],
+) -> None:
+    h = Layer()
+    first: dict[tuple[object, ...], object] = {}
+    for fields in sequence:
+        before = len(h.tu.events)
+        h.request(build(fields), CALLER)
+        new = h.tu.events[before:]
+        key = model_key(fields)
+        if key in first:
+            assert new == [], fields  # absorbed by the transaction it belongs to
+        else:
+            assert [e[2] for e in new] == [fields[0]], fields
+            first[key] = new[0][3]
+    assert len(h.layer.server) == len(first)

@@ -38,6 +38,7 @@ PLANS = plans(
     ("5005", "hunt", "5005", "5"),
     ("5005", "hunt", "5006", "10"),
     ("5005", "hunt", "5007", "15"),
+    ("5005", "no-answer", "5008", "20"),  # after the list rang out: voicemail
     ("5010", "always", "5011", ""),
     ("5011", "always", "5010", ""),  # a loop
 )
@@ -96,8 +97,11 @@ def test_hunting_rings_the_list_in_order_each_step_for_its_time() -> None:
                 Destination("5007", ring_timeout=15.0, **follow),  # type: ignore[arg-type]
             )
         ]
-        h.fail(call, 480, "No Answer")  # the whole list rang out
-        assert call.commands[-1] == Reject(480, "No Answer")
+        h.fail(call, 480, "No Answer")  # the whole list rang out: its no-answer rule
+        assert call.commands[-1] == route("5008", diversion="no-answer", diverted_from="5005")
+        other = h.offer(callee="5005")
+        h.fail(other, 486, "Busy Here")  # the last step was busy: 5005 has no busy rule
+        assert other.commands[-1] == Reject(486, "Busy Here")
 
 
 def test_a_loop_of_plans_is_stopped_with_482() -> None:

@@ -14,11 +14,11 @@ The party being called (first the callee) is rung by its plan:
   is busy, unreachable or rings out;
 - otherwise the party itself, for `ring_seconds` of its `no-answer` rule if it has one.
 
-When that fails: busy (486, 600) goes to its `busy` target (reason `user-busy`), no
-answer to its `no-answer` target (`no-answer`), not registered or unreachable (480,
-408, 5xx) to its `unavailable` target (`unavailable`); the target is then the party
-called, and its own plan applies. Anything else, or no rule for it: the caller hears
-the failure.
+When that fails (a hunt list: its last step), busy (486, 600) goes to its `busy`
+target (reason `user-busy`), no answer to its `no-answer` target (`no-answer`), not
+registered or unreachable (480, 408, 5xx) to its `unavailable` target (`unavailable`);
+the target is then the party called, and its own plan applies. Anything else, or no
+rule for it: the caller hears the failure.
 
 Each diversion goes out with the switch's route option `diversion`: the target's INVITE
 carries a Diversion header (or History-Info, `[services.forwarding] history_info`)
@@ -64,7 +64,7 @@ class ForwardingState(msgspec.Struct):
     diverted: list[str] = []  # the parties this service diverted the call from, in order
     arrived_from: list[str] = []  # the parties it was diverted from before it arrived
     earlier: int = 0  # diversions the call had when it arrived
-    hunting: bool = False  # the party's hunt list is being rung
+    hunting: bool = False  # the party's hunt list is being rung (for the record)
     outcome: str = ""  # how the service ended it, when it did (loop, hops...)
 
 
@@ -131,7 +131,8 @@ class Forwarding(Service[ForwardingState]):
     ) -> None:
         state = call.state
         plan = state.plans.get(state.party)
-        if plan is None or state.hunting:
+        state.hunting = False  # a hunt's failure is its last step's: the rules below apply
+        if plan is None:
             self._give_up(call, status, reason)
         elif status in BUSY and plan.busy:
             self._divert(call, plan.busy, "user-busy")

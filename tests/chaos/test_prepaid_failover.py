@@ -1,12 +1,14 @@
 """Prepaid under failure: calls billed exactly once while servers are killed.
 
-Two application servers; every call is prepaid. 500 calls of random durations from
-20 accounts, five of which hold credit for 30 seconds of talk in all, far less
-than their calls want: their calls are refused for lack of credit when a parallel call
-holds what is left (403 No Credit, counted), or released when their credit runs out.
-The callee rings 2 s before it answers. Meanwhile the primary server of live calls is
-killed (kill -9) at random moments, then restarted, again and again: calls are caught
-in setup, ringing, talking, at the credit's release and at the final debit.
+Two application servers; every call is prepaid and holds credit for 10 s of talk at
+most. 500 calls of random durations from 20 accounts, five of which hold a minute of
+talk in all, far less than their calls want: their calls are released when the credit
+they hold runs out, or refused when parallel calls hold or spent what is left
+(403 No Credit, counted). The callee rings 2 s before it answers. Meanwhile the primary
+server of live calls is killed (kill -9), then restarted, again and again: at random
+moments and, every other time, when a poor account's call is about to run out of
+credit, so calls are caught in setup, ringing, talking, at the credit's release and at
+the final debit (counted per phase from the CDRs).
 
 At the end, from the database: each account's balance is its opening balance minus the
 sum of its CDRs' costs, exactly; one CDR per call and at most one debit, equal to the
@@ -17,11 +19,14 @@ refusals it logged are the CDRs' 403 No Credit, one for one.
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import urllib.request
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,22 +43,23 @@ RATE = 10  # calls a second
 ACCOUNTS = 20
 POOR = 5  # accounts with credit for less than their calls
 RICH_BALANCE = Decimal("50.00")
-POOR_BALANCE = Decimal("0.30")  # 30 s at 0.60 a minute
+POOR_BALANCE = Decimal("0.60")  # 60 s at 0.60 a minute
 TARIFF = Tariff(per_minute=Decimal("0.60"), initial=1, increment=1)
 # How long a call talks, in half seconds: 1 to 8 s, a poor account's 4 to 15 s (its
 # credit runs out during some of them).
 TICKS = {False: (2, 16), True: (8, 30)}
 UNITS = Decimal(10) ** 6  # money in the database: millionths
 
-# A call holds at most a minute of credit (0.60): a rich account's calls never wait
-# for one another, a poor account's first call holds all it has.
+# A call holds credit for 10 s of talk at most (0.10): a rich account's calls (8 s at
+# most) never run out, a poor account's longer calls run out of what they hold, and
+# its parallel calls are refused once its balance is held or spent.
 PLAN = """
 [[plan]]
 service = "prepaid"
 number = "33"
 
 [services.prepaid]
-hold_seconds = 60
+hold_seconds = 10
 """
 
 
@@ -107,19 +113,27 @@ def test_prepaid_calls_are_billed_exactly_once_while_servers_are_killed(chaos: C
         extra=("-inf", str(injection), "-trace_logs", "-log_file", str(sipp_log)),
     )  # fmt: skip
 
-    # Kill the primary of live calls at random moments while calls come and go.
+    # Kill the primary of live calls at random moments while calls come and go; every
+    # other kill aims at the moment a poor account's call runs out of credit.
     kills: list[str] = []
+    killed_at: list[float] = []
+    watch = CreditWatch(cluster, {identity(i) for i in range(POOR)})
     stop_at = time.monotonic() + CALLS / RATE + 4
     while caller.running and time.monotonic() < stop_at:
-        time.sleep(rng.uniform(0.3, 2.5))
+        aimed = watch.next_end(rng) if len(kills) % 2 else None
+        if aimed is None:
+            time.sleep(rng.uniform(0.3, 2.5))
         status = cluster.api()
         up = [s for s in status["servers"] if s["state"] == "up"]
         victims = [s for s in up if s["primary"] > 0]
+        if aimed is not None:
+            victims = [s for s in victims if s["name"] == aimed] or victims
         if len(up) < 2 or not victims:
             continue
         victim = rng.choice(victims)
         at = cluster.kill(victim["name"])
         kills.append(f"{victim['name']}@{at:.3f} ({victim['primary']} primaries)")
+        killed_at.append(at)
         cluster.wait_takeover(victim["name"], at, timeout=15)
         cluster.wait_exited(int(victim["pid"]))
         cluster.restart(victim["name"])
@@ -144,6 +158,72 @@ def test_prepaid_calls_are_billed_exactly_once_while_servers_are_killed(chaos: C
     cdrs, distinct, active = cluster.settled_counts(CALLS)
     assert (cdrs, distinct, active) == (CALLS, CALLS, 0), f"{cdrs} {distinct} {active}\n{ctx}"
     check_money(cluster, opening, len(refusals), context)
+    phases = phases_hit(cluster, killed_at)
+    chaos.m.note("prepaid: calls caught by a kill, by phase", phases)
+    assert all(phases.values()), f"a phase no kill caught: {phases}\n{context}"
+
+
+class CreditWatch:
+    """When a poor account's answered call will run out of credit, as seen from the
+    switch's calls table (answered first seen, polled) and the call's reservation."""
+
+    def __init__(self, cluster: ChaosCluster, poor: set[str]) -> None:
+        self.cluster = cluster
+        self.poor = poor
+        self.answered: dict[str, float] = {}  # call -> when first seen answered
+
+    def _calls(self) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.cluster.http_port}/api/calls?limit=1000"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            calls: list[dict[str, Any]] = json.loads(resp.read())["calls"]
+            return calls
+
+    def next_end(self, rng: random.Random, within: float = 6.0) -> str | None:
+        """Wait until about the moment the next such call runs out of credit (up to
+        `within` seconds); return the name of its primary then, or None if none came."""
+        deadline = time.time() + within
+        while time.time() < deadline:
+            now = time.time()
+            primaries = {}
+            for c in self._calls():
+                if c["answered"] and c["caller"] in self.poor:
+                    self.answered.setdefault(c["id"], now)
+                    primaries[c["id"]] = c["primary"]
+            holds = self.cluster.query(
+                "SELECT call_id, amount FROM reservations WHERE released_at IS NULL"
+            )
+            ends = []
+            for call, amount in holds:
+                if call in primaries:
+                    credit = duration_for(TARIFF, Decimal(amount) / UNITS) or 0
+                    ends.append((self.answered[call] + credit, primaries[call]))
+            soon = [(end, server) for end, server in ends if now < end < deadline]
+            if soon:
+                end, server = min(soon)
+                time.sleep(max(0.0, end + rng.uniform(-0.3, 0.3) - time.time()))
+                return str(server)
+            time.sleep(0.2)
+        return None
+
+
+def phases_hit(cluster: ChaosCluster, kills: list[float]) -> dict[str, int]:
+    """How many calls each kill caught in each phase, from the CDRs' times (the switch's
+    clock): in setup or ringing, talking, and ending (released within the half second
+    before the kill: its debit and CDR under way), and calls whose credit ran out within
+    half a second of a kill."""
+    rows = cluster.query("SELECT started_at, answered_at, ended_at, cause FROM cdrs")
+    hit = {"setup or ringing": 0, "talking": 0, "ending (debit, CDR)": 0, "credit's end": 0}
+    for at in kills:
+        for started, answered, ended, cause in rows:
+            if started <= at < (answered or ended):
+                hit["setup or ringing"] += 1
+            elif answered is not None and answered <= at < ended:
+                hit["talking"] += 1
+            elif ended <= at < ended + 0.5:
+                hit["ending (debit, CDR)"] += 1
+            if cause in ("released", "max-duration") and ended - 0.5 <= at < ended + 0.5:
+                hit["credit's end"] += 1
+    return hit
 
 
 def check_money(

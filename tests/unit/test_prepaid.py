@@ -411,7 +411,7 @@ def test_its_settings_are_checked_at_start() -> None:
     text = '[[plan]]\nservice = "prepaid"\n\n[services.prepaid]\nhold_seconds = {}\n'
     assert load_config_text(text.format(600)).services["prepaid"] == {"hold_seconds": 600}
     with pytest.raises(ConfigError, match=r"services\.prepaid\.hold_seconds"):
-        load_config_text(text.format(10))
+        load_config_text(text.format(5))
 
 
 def test_the_debit_waits_for_a_database_out_of_reach_at_the_end() -> None:

@@ -69,7 +69,7 @@ class PrepaidConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The most talk one call holds credit for: a longer call is released when it runs
     # out. Less holds less of an account per call (more calls at once on one balance),
     # more lets a single call talk longer.
-    hold_seconds: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 3600
+    hold_seconds: Annotated[int, msgspec.Meta(ge=10, le=86400)] = 3600
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True, tag="grant"):

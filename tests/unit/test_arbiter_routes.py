@@ -187,3 +187,15 @@ def test_the_switch_ends_a_call_at_its_maximum_duration_with_no_server_left() ->
     flow.respond_to(out[1], 200, "OK", CALLEE)
     assert flow.gone()
     assert call not in h.arbiter.owned
+
+
+def test_events_carry_only_what_is_set() -> None:
+    h = Harness()
+    call = h.offer()
+    out = h.command(call, Route(["9555"]))
+    flow = Flow(h.sw, a_invite(), out[0])
+    flow.callee_responds(180, "Ringing")
+    flow.callee_responds(486, "Busy Here")
+    on_wire = [set(msgspec.msgpack.decode(msgspec.msgpack.encode(e))) for e in h.events()]
+    base = {"type", "call", "seq", "kind", "at", "status"}
+    assert on_wire == [base | {"destination"}, base | {"reason", "destination", "outcomes"}]

@@ -122,7 +122,7 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
     reason: str
 
 
-class Event(_Msg, tag="event", frozen=True, kw_only=True):
+class Event(_Msg, tag="event", frozen=True, kw_only=True, omit_defaults=True):
     call: str
     seq: int  # per call, from 1; the standby buffers past its last checkpoint's seq
     kind: EventKind

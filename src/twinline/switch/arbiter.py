@@ -18,7 +18,7 @@ import enum
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -644,6 +644,15 @@ class Arbiter:
         duration: float = 0.0,
     ) -> None:
         own.event_seq += 1
+        # Only what is set goes on the wire (Event omits defaults, but recognises a
+        # default by identity: a computed 0.0 would be sent).
+        extra: dict[str, Any] = {}
+        if destination:
+            extra["destination"] = destination
+        if outcomes:
+            extra["outcomes"] = outcomes
+        if duration:
+            extra["duration"] = duration
         event = Event(
             call=own.call.id,
             seq=own.event_seq,
@@ -652,9 +661,7 @@ class Arbiter:
             status=status,
             reason=reason,
             cause=cause,
-            destination=destination,
-            outcomes=outcomes or [],
-            duration=duration,
+            **extra,
         )
         own.events = (*own.events, event)
         if own.primary is not None:

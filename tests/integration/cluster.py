@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from .switchproc import free_port
 
 __all__ = ["Cluster", "free_port"]
@@ -37,6 +39,10 @@ class Cluster:
     # 1000, could be a port some other test holds).
     metrics_ports: dict[str, int] = field(default_factory=dict)
     api_token: str = ""  # switch.api_token, when set
+    # A postgresql:// URL to use instead of the SQLite file, and its password (given to
+    # the processes in $TWINLINE_DATABASE_PASSWORD, as a deployment does).
+    database_url: str = ""
+    database_password: str = ""
 
     @property
     def config_path(self) -> Path:
@@ -70,7 +76,7 @@ http = "127.0.0.1:{self.http_port}"
 {f'api_token = "{self.api_token}"' if self.api_token else ""}
 
 [database]
-url = "sqlite:///{self.db_path}"
+url = "{self.database_url or f"sqlite:///{self.db_path}"}"
 
 {servers}# SIPp plays the phones and the PBX on 127.0.0.1: a trusted trunk, so its calls
 # are not challenged and not rate limited.
@@ -86,6 +92,8 @@ target = "127.0.0.1:{self.callee_port}"
         )
 
     def start(self, timeout: float = 20.0) -> None:
+        if self.database_password:
+            self.env["TWINLINE_DATABASE_PASSWORD"] = self.database_password
         self.directory.mkdir(parents=True, exist_ok=True)
         self.write_config()
         with self.log_path.open("wb") as log:
@@ -158,5 +166,8 @@ target = "127.0.0.1:{self.callee_port}"
             return -9
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.database_url:
+            with psycopg.connect(self.database_url, password=self.database_password) as conn:
+                return conn.execute(sql).fetchall()
         with sqlite3.connect(self.db_path) as db:
             return db.execute(sql).fetchall()

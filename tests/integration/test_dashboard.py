@@ -128,6 +128,17 @@ def test_dashboard_shows_servers_live_calls_and_a_takeover(
 
         uac.finish()
         uac.check(successful=1200, created=1200, context=cluster.log()[-4000:])
+
+        # The services' figures (refreshed every 10 s) count the calls' CDRs.
+        def basic_calls() -> int | None:
+            rows = browser.find_elements(By.CSS_SELECTOR, "#services tr")
+            cells = [r.text.split() for r in rows]
+            found = [int(c[1]) for c in cells if c and c[0] == "basic"]
+            return found[0] if found and found[0] >= 1000 else None
+
+        browser.refresh()
+        wait_for("the services table", basic_calls, 15, step=0.5)
+        browser.save_screenshot(str(shots / "3-after-the-calls.png"))
     finally:
         code = cluster.stop()
     assert code == 0, cluster.log()[-4000:]

@@ -31,6 +31,10 @@ class FakeSwitch:
     def handover(self, name: str) -> dict[str, Any]:
         return {"server": name}
 
+    async def service_figures(self, window: float) -> dict[str, Any] | None:
+        self.seen = {"window": window}
+        return {"services": [], "prepaid": {"debits": 0, "spend": "0"}}
+
     def calls_table(
         self, *, server: str = "", number: str = "", state: str = "", limit: int = 200
     ) -> dict[str, Any]:
@@ -108,3 +112,15 @@ def test_the_timeline_keeps_the_latest_entries_first() -> None:
     for server in ("as1", "as2", "as3"):
         timeline.add("join", server, f"{server} joined")
     assert [e["server"] for e in timeline.latest()] == ["as3", "as2"]
+
+
+def test_the_services_figures_are_asked_for_a_bounded_window() -> None:
+    switch = FakeSwitch()
+
+    async def body(client: TestClient[Any, Any]) -> None:
+        resp = await client.get("/api/services?window=999999")
+        assert resp.status == 200 and (await resp.json())["prepaid"]["spend"] == "0"
+        assert switch.seen == {"window": 86400.0}
+        assert (await client.get("/api/services?window=soon")).status == 400
+
+    asyncio.run(with_client(switch, body))

@@ -5,6 +5,7 @@
 - `GET /api/events`: server-sent events, one `status` event every `INTERVAL` with
   what `GET /api/status` answers (servers, call totals, the timeline).
 - `GET /api/calls?server=&number=&state=&limit=`: live calls, filtered.
+- `GET /api/services?window=3600`: the services' figures (`twinline.ops.figures`).
 
 The page's drain, undrain and handover buttons call the API's POST endpoints with
 the token the operator typed, as `Authorization: Bearer TOKEN`.
@@ -31,6 +32,8 @@ class Watchable(Protocol):
     def calls_table(
         self, *, server: str = "", number: str = "", state: str = "", limit: int = 200
     ) -> dict[str, Any]: ...
+
+    async def service_figures(self, window: float) -> dict[str, Any] | None: ...
 
 
 _CLOSING = web.AppKey("dashboard_closing", asyncio.Event)
@@ -73,6 +76,16 @@ def add_dashboard(app: web.Application, switch: Watchable) -> None:
         )  # fmt: skip
         return web.json_response(table)
 
+    async def services(request: web.Request) -> web.Response:
+        try:
+            window = min(max(float(request.query.get("window", "3600")), 60.0), 86400.0)
+        except ValueError:
+            raise web.HTTPBadRequest(text="window: seconds, please") from None
+        figures = await switch.service_figures(window)
+        if figures is None:
+            raise web.HTTPNotFound(text="no database: this switch runs without servers")
+        return web.json_response(figures)
+
     async def on_shutdown(app: web.Application) -> None:
         closing.set()  # let open event streams end, or the HTTP server waits for them
 
@@ -82,4 +95,5 @@ def add_dashboard(app: web.Application, switch: Watchable) -> None:
     app.router.add_static("/dashboard/static/", STATIC)
     app.router.add_get("/api/events", events)
     app.router.add_get("/api/calls", calls)
+    app.router.add_get("/api/services", services)
     app.on_shutdown.append(on_shutdown)

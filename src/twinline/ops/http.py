@@ -50,6 +50,8 @@ class Operable(Protocol):
         self, *, server: str = "", number: str = "", state: str = "", limit: int = 200
     ) -> dict[str, Any]: ...
 
+    async def service_figures(self, window: float) -> dict[str, Any] | None: ...
+
 
 def _token_guard(token: str) -> Middleware:
     expected = f"Bearer {token}".encode()

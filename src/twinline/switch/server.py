@@ -26,6 +26,7 @@ from twinline.link.messages import Command, CtlToSwitch, Finished, Leaving, Owne
 from twinline.metrics import LoopLag, make_registry
 from twinline.metrics_histogram import TAKEOVER_BUCKETS, Histogram
 from twinline.metrics_switch import switch_collector
+from twinline.ops.figures import service_figures
 from twinline.ops.http import start_http
 from twinline.ops.timeline import Timeline
 from twinline.sip.digest import DigestAuthenticator
@@ -422,6 +423,13 @@ class SwitchServer:
         )
         result["timeline"] = self.timeline.latest()
         return result
+
+    async def service_figures(self, window: float) -> dict[str, Any] | None:
+        """Calls per service and prepaid spend over the last `window` seconds (dashboard)."""
+        if self.store is None:
+            return None
+        since = time.time() - window
+        return await self.store.read(lambda tx: service_figures(tx, since))
 
     def calls_table(
         self, *, server: str = "", number: str = "", state: str = "", limit: int = 200

@@ -110,6 +110,19 @@ async function refreshCalls() {
   } catch (err) { /* the feed indicator says the switch is gone */ }
 }
 
+async function refreshServices() {
+  try {
+    const resp = await fetch("/api/services?window=3600");
+    if (!resp.ok) return;
+    const figures = await resp.json();
+    $("services").replaceChildren(...figures.services.map((s) => el("tr", {},
+      el("td", {}, s.service), el("td", {}, s.calls), el("td", {}, s.answered),
+      el("td", { class: s.refused ? "none" : "" }, s.refused))));
+    setText("prepaid-spend", figures.prepaid.spend);
+    setText("prepaid-debits", figures.prepaid.debits);
+  } catch (err) { /* the feed indicator says the switch is gone */ }
+}
+
 function connect() {
   const source = new EventSource("/api/events");
   source.addEventListener("status", (event) => {
@@ -134,3 +147,5 @@ $("filters").addEventListener("submit", (e) => e.preventDefault());
 connect();
 refreshCalls();
 setInterval(refreshCalls, 2000);
+refreshServices();
+setInterval(refreshServices, 10000);

@@ -31,7 +31,7 @@ from .certs import Certs, make_certs
 from .conftest import StartSwitch
 from .sipp import Sipp, scenario
 from .switchproc import DOMAIN, HOST, free_port, route, run_switch_once, switch_config, toml_dumps
-from .tls_phone import TlsCallee, TlsPhone
+from .tls_phone import TlsCallee, TlsPhone, answer_one_call, register
 
 SECRET = b"cluster-secret-0123456789abcdef"
 
@@ -124,6 +124,37 @@ def test_verify_clients_refuses_a_phone_without_a_certificate_and_takes_one_with
     callee.wait_for_calls(total=1, timeout=15)
     callee.stop()
     callee.check(successful=1, created=1)
+
+
+@pytest.mark.integration
+def test_a_phone_registered_over_tls_is_called_over_its_connection(
+    certs: Certs, start_switch: StartSwitch, sipp: Sipp
+) -> None:
+    """A phone REGISTERs over TLS (digest-authenticated); a SIPp caller on UDP
+    calls it, and the switch reaches it over the TLS connection it registered on
+    (RFC 5626's flow), whatever port its Contact names."""
+    port, tls_port = free_port(), free_port()
+    config = tls_switch_config(
+        certs, port, tls_port, users=[{"name": "alice", "password": "alice-secret"}]
+    )
+    switch = start_switch(config, port=port)
+    phone = TlsPhone("localhost", tls_port, certs.ca).connect()
+    try:
+        reply = register(phone, "alice", "alice-secret", DOMAIN)
+        assert reply.status == 200, phone.received
+        caller = sipp.start_uac(
+            "caller", scenario("uac_call.xml"), switch.address, port=free_port(),
+            calls=1, rate=1, service="alice", timeout_s=30,
+        )  # fmt: skip
+        methods = answer_one_call(phone)
+        caller.finish()
+        caller.check(successful=1, created=1)
+    finally:
+        phone.close()
+    assert methods == ["INVITE", "ACK", "BYE"], phone.received
+    invite = next(m for m in phone.received if m.startswith("INVITE "))
+    assert "Via: SIP/2.0/TLS " in invite, invite
+    assert f"<sip:{HOST}:{tls_port};transport=tls>" in invite, invite  # the switch's Contact
 
 
 @pytest.mark.integration

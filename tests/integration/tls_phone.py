@@ -9,6 +9,7 @@ certificate is verified against the test CA and the name dialled.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import ssl
 import threading
@@ -135,6 +136,89 @@ class TlsPhone:
             if reply.status:
                 replies.append(reply)
                 return replies
+
+
+def _digest(challenge: str, user: str, password: str, method: str, uri: str) -> str:
+    """An Authorization value for a digest challenge (RFC 2617/7616, MD5, qop=auth)."""
+    params = dict(
+        (k.strip(), v.strip().strip('"'))
+        for k, _, v in (p.partition("=") for p in challenge.split(" ", 1)[1].split(","))
+    )
+    realm, nonce = params["realm"], params["nonce"]
+    cnonce, nc = uuid.uuid4().hex[:16], "00000001"
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - the protocol's hash
+
+    response = md5(
+        f"{md5(f'{user}:{realm}:{password}')}:{nonce}:{nc}:{cnonce}:auth:{md5(f'{method}:{uri}')}"
+    )
+    value = (
+        f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+        f'response="{response}", algorithm=MD5, qop=auth, nc={nc}, cnonce="{cnonce}"'
+    )
+    if "opaque" in params:
+        value += f', opaque="{params["opaque"]}"'
+    return value
+
+
+def register(phone: TlsPhone, user: str, password: str, domain: str) -> Reply:
+    """REGISTER `user` with its Contact on this TLS connection, answering the
+    digest challenge; the final reply."""
+    lhost, lport = phone.local
+    call_id = f"{uuid.uuid4().hex}@tlsphone"
+    uri = f"sip:{domain}"
+    authorization: list[str] = []
+    for cseq in (1, 2):
+        via = f"Via: SIP/2.0/TLS {lhost}:{lport};branch=z9hG4bK{uuid.uuid4().hex};rport"
+        phone.send(
+            [
+                f"REGISTER {uri} SIP/2.0", via, "Max-Forwards: 70",
+                f"From: <sip:{user}@{domain}>;tag=reg{cseq}", f"To: <sip:{user}@{domain}>",
+                f"Call-ID: {call_id}", f"CSeq: {cseq} REGISTER",
+                f"Contact: <sip:{user}@{lhost}:{lport};transport=tls>", "Expires: 300",
+                *authorization,
+            ]
+        )  # fmt: skip
+        reply = phone.read()
+        if reply.status != 401:
+            return reply
+        challenge = reply.headers["www-authenticate"]
+        authorization = [f"Authorization: {_digest(challenge, user, password, 'REGISTER', uri)}"]
+    return reply
+
+
+def answer_one_call(phone: TlsPhone) -> list[str]:
+    """Take one call on the phone's connection: 200 (with SDP) to the INVITE, then
+    wait for the ACK and the BYE (answered 200). The methods it received, in order."""
+    methods: list[str] = []
+    while True:
+        message = phone.read()
+        if message.status:
+            continue
+        method = message.raw.split(" ", 1)[0]
+        methods.append(method)
+        if method == "ACK":
+            continue
+        h = message.headers
+        lhost, lport = phone.local
+        copied = [f"Via: {v}" for v in _all(message.raw, "via")] + [
+            f"From: {h['from']}",
+            f"Call-ID: {h['call-id']}",
+            f"CSeq: {h['cseq']}",
+        ]
+        to = h["to"] if ";tag=" in h["to"] else f"{h['to']};tag=phone1"
+        if method == "INVITE":
+            phone.send(
+                ["SIP/2.0 200 OK", *copied, f"To: {to}",
+                 f"Contact: <sip:alice@{lhost}:{lport};transport=tls>",
+                 "Content-Type: application/sdp"],
+                SDP,
+            )  # fmt: skip
+        else:
+            phone.send(["SIP/2.0 200 OK", *copied, f"To: {to}"])
+            if method == "BYE":
+                return methods
 
 
 @dataclass

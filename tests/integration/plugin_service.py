@@ -3,7 +3,8 @@ in the integration tests, with its settings in `[services.hunt]`.
 
 It routes every call to its configured destinations in turn, with the route options
 the settings give: a ring timeout for each destination but the last, a diversion
-reason for each after the first, a maximum duration for the call.
+reason for each after the first, the caller identity presented, a maximum duration
+for the call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class HuntConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ring_timeout: float | None = None
     diversion: DiversionReason | None = None
     max_duration: float | None = None
+    caller_id: str | None = None
+    caller_name: str | None = None
 
 
 class HuntState(msgspec.Struct):
@@ -43,4 +46,9 @@ class Hunt(Service[HuntState]):
             for i, number in enumerate(settings.destinations)
         ]
         call.state.routed = True
-        call.route(*destinations, max_duration=settings.max_duration)
+        call.route(
+            *destinations,
+            max_duration=settings.max_duration,
+            caller_id=settings.caller_id,
+            caller_name=settings.caller_name,
+        )

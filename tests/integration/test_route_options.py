@@ -105,7 +105,7 @@ def test_a_ring_timeout_shorter_than_the_global_one_moves_on_to_the_next_destina
     assert 1.95 <= setup < 10.0, setup
 
 
-def test_a_diversion_puts_diversion_on_the_callees_invite_and_181_at_the_caller(
+def test_diversion_and_caller_identity_on_the_callees_invite_and_181_at_the_caller(
     tmp_path: Path, sipp: Sipp, callees: dict[str, int]
 ) -> None:
     # The first is busy: the service's route goes on to the second, diverted.
@@ -115,7 +115,12 @@ def test_a_diversion_puts_diversion_on_the_callees_invite_and_181_at_the_caller(
         "second", scenario("uas_diverted.xml"), port=callees["second"],
         extra=("-trace_logs", "-log_file", str(log)),
     )  # fmt: skip
-    cluster = start(tmp_path, callees, 'destinations = ["1000", "2000"]\ndiversion = "user-busy"')
+    settings = """destinations = ["1000", "2000"]
+diversion = "user-busy"
+caller_id = "+15550100"
+caller_name = "Help Desk"
+"""
+    cluster = start(tmp_path, callees, settings)
     try:
         # uac_forwarded.xml fails the call unless a 181 comes before the answer.
         caller(sipp, cluster, "uac_forwarded.xml", duration_ms=200)
@@ -128,6 +133,9 @@ def test_a_diversion_puts_diversion_on_the_callees_invite_and_181_at_the_caller(
     diversion = log.read_text()
     assert f"Diversion: <sip:{DIALLED}@127.0.0.1:" in diversion, diversion
     assert ">;reason=user-busy;counter=1" in diversion, diversion
+    # And the caller identity the service chose, in P-Asserted-Identity and From.
+    assert 'P-Asserted-Identity:  "Help Desk" <sip:+15550100@127.0.0.1:' in diversion, diversion
+    assert 'From:  "Help Desk" <sip:+15550100@127.0.0.1:' in diversion, diversion
 
 
 def test_the_switch_ends_an_answered_call_at_its_maximum_duration(

@@ -88,7 +88,12 @@ http = "127.0.0.1:{http}"
 [database]
 url = "sqlite:///{directory / "twinline.db"}"
 
-{servers}[[routes]]
+{servers}# The demo's caller and callee, on this host: a trusted trunk (no challenge).
+[[trunks]]
+name = "demo"
+sources = ["127.0.0.1"]
+
+[[routes]]
 prefix = ""
 target = "127.0.0.1:{callee_port}"
 """

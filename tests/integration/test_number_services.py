@@ -224,21 +224,29 @@ def test_translation_follows_the_time_of_day_and_holidays(phones: Phones) -> Non
         phones.answered(run, 1)  # one call each: office, night, holiday
 
 
-def test_translation_overflows_on_busy_and_all_busy_is_486(phones: Phones) -> None:
+def test_translation_overflows_on_busy_and_no_answer_and_all_busy_is_486(
+    phones: Phones,
+) -> None:
     load(
         phones.cluster, "numbers",
         "number,step,target,priority\n0800300,1,7400,0\n0800300,2,7102,1\n"
-        "0800301,1,7401,0\n0800301,2,7402,0\n",
+        "0800301,1,7401,0\n0800301,2,7402,0\n0800302,1,7500,0\n0800302,2,7103,1\n",
     )  # fmt: skip
     busy = phones.callee("busy", "uas_busy.xml")
+    ringing = phones.callee("ringing", "uas_ring_cancel.xml")
     answering = phones.callee("a", "uas_answer.xml")
-    phones.call("overflow", "0800300", "uac_call.xml")
+    phones.call("overflow-busy", "0800300", "uac_call.xml")
     phones.refused("0800301", 486)
     phones.refused("0800999", 404)  # not a translated number
-    phones.answered(answering, 1)
+    # [services.translation] ring_seconds = 2: the first rings 2 s, then the next.
+    phones.call("overflow-no-answer", "0800302", "uac_call.xml")
+    phones.answered(answering, 2)
+    phones.answered(ringing, 1)
     busy.wait_for_calls(total=3, timeout=20)
     busy.stop()
     assert busy.stats().successful == 3, busy.report()  # one overflowed, two all busy
+    ((_, disposition, setup),) = cdrs(phones.cluster, "0800302")
+    assert disposition == "answered" and 2.0 <= float(str(setup)) < 6.0, setup
 
 
 # --- forwarding -------------------------------------------------------------------------

@@ -37,16 +37,16 @@ class FakeDns:
 
     def __init__(self) -> None:
         self.asked: list[str] = []
-        self.pending: dict[str, asyncio.Future[str]] = {}
+        self.pending: dict[str, asyncio.Future[list[str]]] = {}
 
-    async def __call__(self, host: str) -> str:
+    async def __call__(self, host: str) -> list[str]:
         self.asked.append(host)
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self.pending[host] = future
         return await future
 
-    def answer(self, host: str, address: str) -> None:
-        self.pending.pop(host).set_result(address)
+    def answer(self, host: str, *addresses: str) -> None:
+        self.pending.pop(host).set_result(list(addresses))
 
     def fail(self, host: str) -> None:
         self.pending.pop(host).set_exception(socket.gaierror(socket.EAI_NONAME, "unknown"))
@@ -186,7 +186,7 @@ def test_the_system_resolver_runs_off_the_event_loop(monkeypatch: pytest.MonkeyP
                 await asyncio.sleep(0.01)
 
         task = asyncio.create_task(ticker())
-        assert await getaddrinfo_lookup("pbx.example") == "127.0.0.1"
+        assert await getaddrinfo_lookup("pbx.example") == ["127.0.0.1"]
         task.cancel()
         # Blocked, the loop would not tick at all while the lookup sleeps.
         assert ticks >= 3
@@ -196,7 +196,8 @@ def test_the_system_resolver_runs_off_the_event_loop(monkeypatch: pytest.MonkeyP
 
 def test_the_system_resolver_answers_localhost(run) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
-        assert await getaddrinfo_lookup("localhost") in ("127.0.0.1", "::1")
+        addresses = await getaddrinfo_lookup("localhost")
+        assert addresses and set(addresses) <= {"127.0.0.1", "::1"}
 
     run(main())
 
@@ -272,6 +273,24 @@ def test_lookups_in_flight_are_bounded(run) -> None:  # type: ignore[no-untyped-
         r.resolve("c.example", then)  # room again
         await settle()
         assert dns.asked == ["a.example", "b.example", "c.example"]
+        r.close()
+
+    run(main())
+
+
+def test_a_name_resolves_to_an_address_of_a_family_the_switch_has(run) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        dns = FakeDns()
+        r = Resolver(dns)
+        r.families.add(socket.AF_INET)
+        got, then = collect()
+        r.resolve("trunk.example", then)
+        r.resolve("v6only.example", then)
+        await settle()
+        dns.answer("trunk.example", "2001:db8::1", "192.0.2.1")
+        dns.answer("v6only.example", "2001:db8::2")  # none of ours: the first, as before
+        await settle()
+        assert got == [("192.0.2.1", socket.AF_INET), ("2001:db8::2", socket.AF_INET6)]
         r.close()
 
     run(main())

@@ -28,13 +28,13 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 log = logging.getLogger("twinline.sip.resolver")
 
 # (address, socket family)
 Resolved = tuple[str, int]
-Lookup = Callable[[str], Awaitable[str]]
+Lookup = Callable[[str], Awaitable[Sequence[str]]]
 Then = Callable[[Resolved | None], None]
 
 DEFAULT_TTL = 60.0
@@ -59,12 +59,14 @@ def literal(host: str) -> Resolved | None:
     return str(address), socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
-async def getaddrinfo_lookup(host: str) -> str:
-    """The first address the system resolver gives for `host`, from a worker thread."""
+async def getaddrinfo_lookup(host: str) -> list[str]:
+    """The addresses the system resolver gives for `host`, in its order, from a worker
+    thread."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
-    if not infos:
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
         raise OSError(f"no address for {host}")
-    return str(infos[0][4][0])
+    return addresses
 
 
 class Resolver:
@@ -92,6 +94,10 @@ class Resolver:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._waiting: dict[str, list[Then]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The address families the switch has sockets for (the transport adds them as
+        # it listens): a name's first address of one of these is taken, so a trunk whose
+        # name gives IPv6 first is still reached from a switch that listens on IPv4 only.
+        self.families: set[int] = set()
         self.lookups = 0
         self.failures = 0
 
@@ -129,7 +135,11 @@ class Resolver:
         self.lookups += 1
         resolved: Resolved | None = None
         try:
-            address = await asyncio.wait_for(self.lookup(host), self.timeout)
+            addresses = await asyncio.wait_for(self.lookup(host), self.timeout)
+            if not addresses:
+                raise OSError(f"no address for {host}")
+            usable = [a for a in addresses if family_of(a) in self.families]
+            address = (usable or addresses)[0]
             resolved = (address, family_of(address))
         except (OSError, TimeoutError, UnicodeError, ValueError) as e:
             # UnicodeError: a name the IDNA codec refuses (a label over 63 characters).

@@ -150,6 +150,7 @@ class SipTransports:
             proto.transport = transport_
             bound = transport_.get_extra_info("sockname")
             self.udp.setdefault(_family(host), proto)
+            self.resolver.families.add(_family(host))
         else:
             tls = self.tls_server if transport == "tls" else None
             if transport == "tls" and tls is None:

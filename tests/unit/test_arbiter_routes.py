@@ -199,3 +199,15 @@ def test_events_carry_only_what_is_set() -> None:
     on_wire = [set(msgspec.msgpack.decode(msgspec.msgpack.encode(e))) for e in h.events()]
     base = {"type", "call", "seq", "kind", "at", "status"}
     assert on_wire == [base | {"destination"}, base | {"reason", "destination", "outcomes"}]
+
+
+def test_a_destination_that_would_break_the_invite_is_not_routed() -> None:
+    h = Harness()
+    call = h.offer()
+    # As a faulty or hostile server could send it: the API would have refused it.
+    assert h.command(call, Route(["9555 SIP/2.0\r\nX-Evil: 1", "9<555>"])) == []
+    (failed,) = h.events()
+    assert failed.outcomes == [
+        Outcome("9555 SIP/2.0\r\nX-Evil: 1", 404, "Not Found"),
+        Outcome("9<555>", 404, "Not Found"),
+    ]

@@ -66,6 +66,8 @@ def test_trailing_destinations_without_options_take_no_room() -> None:
     [
         ((), {}, "route() needs at least one destination"),
         (("",), {}, "route(): '' is not a destination"),
+        (("1000\r\nX-Evil: 1",), {}, "route(): '1000\\r\\nX-Evil: 1' is not a destination"),
+        (("bob@evil.example",), {}, "route(): 'bob@evil.example' is not a destination"),
         (("a",), {"ring_timeout": 0}, "route(): ring_timeout must be greater than 0, not 0"),
         (("a",), {"max_duration": -1}, "route(): max_duration must be greater than 0, not -1"),
         (

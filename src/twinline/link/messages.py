@@ -18,6 +18,7 @@ Nothing but these three is accepted before the handshake completes.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -247,6 +248,12 @@ class RouteOption(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     diversion: DiversionReason | None = None
     diverted_from: UserPart = ""
     history_info: bool = False
+
+
+# A destination is a user name or number as it goes in a SIP URI's user part: one
+# holding what could break the INVITE built from it (space, CR LF, <, >, ", @) is
+# refused by the service API and, should one come over a link, by the switch.
+BAD_DESTINATION = re.compile(r'[\x00-\x20\x7f<>"@]')
 
 
 class Route(msgspec.Struct, tag="route", frozen=True, omit_defaults=True):

@@ -17,7 +17,7 @@ from typing import get_args
 
 import msgspec
 
-from twinline.link.messages import DiversionReason, Route, RouteOption
+from twinline.link.messages import BAD_DESTINATION, DiversionReason, Route, RouteOption
 
 __all__ = ["Destination", "DiversionReason", "route_action"]
 
@@ -58,10 +58,14 @@ def route_action(
     options: list[RouteOption] = []
     for d in destinations:
         dest = Destination(d) if isinstance(d, str) else d
-        if not isinstance(dest.to, str) or not dest.to:
+        if not isinstance(dest.to, str) or not dest.to or BAD_DESTINATION.search(dest.to):
             raise ValueError(f"route(): {dest.to!r} is not a destination")
         chosen = {k: v for k, v in common.items() if v is not None}
         chosen.update((k, getattr(dest, k)) for k in _OPTIONS if getattr(dest, k) is not None)
+        if not chosen:
+            names.append(dest.to)
+            options.append(_NO_OPTION)
+            continue
         diversion = chosen.get("diversion")
         if diversion is not None and diversion not in _REASONS:
             raise ValueError(

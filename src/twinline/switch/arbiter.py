@@ -24,6 +24,7 @@ import msgspec
 
 from twinline.config import AppServer, PlanEntry
 from twinline.link.messages import (
+    BAD_DESTINATION,
     Adopt,
     CallInfo,
     Command,
@@ -697,6 +698,9 @@ class Arbiter:
         unroutable: list[Outcome] = []
         options = route.options
         for i, destination in enumerate(route.destinations):
+            if not destination or BAD_DESTINATION.search(destination):
+                unroutable.append(Outcome(destination, 404, "Not Found"))
+                continue
             how = _destination_options(options[i]) if i < len(options) else NO_OPTIONS
             try:
                 targets.extend(self.routing.resolve(destination, now, how))

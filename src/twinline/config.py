@@ -161,7 +161,8 @@ class Access(_Section, frozen=True):
 class Flood(_Section, frozen=True):
     """Per-address rate limits and bans. Trunks' sources are exempt; 0 turns a limit off."""
 
-    # More SIP requests than this from one address within `window` seconds bans it.
+    # More new SIP requests than this from one address within `window` seconds bans
+    # it (retransmissions are not counted; ACKs and responses that match nothing are).
     max_requests: int = 200
     window: float = 2.0
     # More failed authentications (or refused calls) than this from one address

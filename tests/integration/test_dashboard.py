@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 
+TOKEN = "dashboard-test-token"
+
 
 @pytest.fixture
 def sipp(tmp_path: Path) -> Iterator[Sipp]:
@@ -57,17 +59,31 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, step: flo
 def test_dashboard_shows_servers_live_calls_and_a_takeover(
     tmp_path: Path, sipp: Sipp, browser: Any
 ) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
+    # The page redraws its parts twice a second: an element found may be gone when
+    # read, and is then read again.
     def text(css: str) -> str:
-        found = browser.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text if found else ""
+        for _ in range(5):
+            try:
+                found = browser.find_elements(By.CSS_SELECTOR, css)
+                return str(found[0].text) if found else ""
+            except StaleElementReferenceException:
+                continue
+        return ""
 
     def attr(css: str, name: str) -> str | None:
-        found = browser.find_elements(By.CSS_SELECTOR, css)
-        return found[0].get_attribute(name) if found else None
+        for _ in range(5):
+            try:
+                found = browser.find_elements(By.CSS_SELECTOR, css)
+                return found[0].get_attribute(name) if found else None
+            except StaleElementReferenceException:
+                continue
+        return None
 
     cluster = Cluster(tmp_path / "cluster", servers=2, callee_port=free_port())
+    cluster.api_token = TOKEN
     cluster.start()
     shots = artifacts_dir("dashboard")
     print(f"dashboard screenshots in {shots}")
@@ -114,25 +130,45 @@ def test_dashboard_shows_servers_live_calls_and_a_takeover(
 
         def takeover_shown() -> bool:
             down = attr("#server-as1", "data-state") == "down"
-            entries = browser.find_elements(By.CSS_SELECTOR, "#timeline li.takeover")
-            return down and any("of as1 taken over" in e.text for e in entries)
+            return down and "of as1 taken over" in text("#timeline")
 
         wait_for("as1 down and its takeover on the page", takeover_shown, 2.0)
         elapsed = time.monotonic() - killed
         print(f"takeover shown {elapsed * 1000:.0f} ms after kill -9")
         assert elapsed < 2.0
-        failure = browser.find_elements(By.CSS_SELECTOR, "#timeline li.failure")
-        assert any("as1 lost" in e.text for e in failure)
+        assert "as1 lost" in text("#timeline")
         browser.save_screenshot(str(shots / "2-after-takeover.png"))
         assert (shots / "2-after-takeover.png").stat().st_size > 10_000
 
         uac.finish()
         uac.check(successful=1200, created=1200, context=cluster.log()[-4000:])
 
+        # Drain from the page (no call is placed any more: as2 is the only server up):
+        # refused without the token, done with it.
+        def click(css: str) -> bool:
+            try:  # the cards are redrawn twice a second: find the button afresh
+                browser.find_element(By.CSS_SELECTOR, css).click()
+            except (StaleElementReferenceException, NoSuchElementException):
+                return False
+            return True
+
+        wait_for("a click on as2's drain button", lambda: click("#server-as2 button.drain"), 3)
+        refused = wait_for(
+            "the refusal", lambda: "refused" in text("#message") and text("#message"), 3
+        )
+        assert "(401)" in refused and "API token" in refused, refused
+        assert attr("#server-as2", "data-state") == "up"
+        assert cluster.status()["servers"][1]["state"] == "up"
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        wait_for("a click on as2's drain button", lambda: click("#server-as2 button.drain"), 3)
+        wait_for("as2 draining", lambda: attr("#server-as2", "data-state") == "draining", 3)
+        assert text("#message") == "drain as2: done"
+        wait_for("a click on undrain", lambda: click("#server-as2 button.undrain"), 3)
+        wait_for("as2 up again", lambda: attr("#server-as2", "data-state") == "up", 3)
+
         # The services' figures (refreshed every 10 s) count the calls' CDRs.
         def basic_calls() -> int | None:
-            rows = browser.find_elements(By.CSS_SELECTOR, "#services tr")
-            cells = [r.text.split() for r in rows]
+            cells = [line.split() for line in text("#services").splitlines()]
             found = [int(c[1]) for c in cells if c and c[0] == "basic"]
             return found[0] if found and found[0] >= 1000 else None
 

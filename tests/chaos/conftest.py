@@ -46,6 +46,8 @@ class Chaos:
         link_port: int | None = None,
         link_tls: Certs | None = None,
         extra_config: str = "",
+        database_url: str = "",
+        database_password: str = "",
     ) -> ChaosCluster:
         cluster = ChaosCluster(
             directory=self.directory / f"cluster{len(self.clusters) + 1}",
@@ -58,6 +60,8 @@ class Chaos:
             ctl=dict(ctl or {}),
             link_tls=link_tls,
             extra_config=extra_config,
+            database_url=database_url,
+            database_password=database_password,
         )
         self.clusters.append(cluster)
         cluster.start()

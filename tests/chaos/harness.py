@@ -48,10 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
+
 from integration.certs import Certs
 from integration.cluster import Cluster
 from integration.sipp import Sipp, SippRun, SippStats, StatsError
 from integration.switchproc import free_port
+from twinline.store.sql import render
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
@@ -174,7 +177,7 @@ heartbeat_interval = 0.1
 dead_after = 3
 {self._link_tls()}
 [database]
-url = "sqlite:///{self.db_path}"
+url = "{self.database_url or f"sqlite:///{self.db_path}"}"
 
 {servers}# SIPp plays the phones and the PBX on 127.0.0.1: a trusted trunk, so its calls
 # are not challenged and not rate limited.
@@ -354,6 +357,7 @@ transport = "{self.transport}"
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
+                env={**os.environ, **self.env},
             )
         self.restarted[name] = proc
         self.pids[proc.pid] = f"{name} (restarted)"
@@ -367,10 +371,14 @@ transport = "{self.transport}"
             text=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, **self.env},
         )
 
     # --- the database -------------------------------------------------------------------
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.database_url:
+            with psycopg.connect(self.database_url, password=self.database_password) as conn:
+                return conn.execute(render(sql, "postgresql"), params).fetchall()
         # The servers write while we read: wait for their locks rather than fail.
         with contextlib.closing(sqlite3.connect(self.db_path, timeout=10)) as db:
             return db.execute(sql, params).fetchall()

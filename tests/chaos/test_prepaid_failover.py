@@ -86,12 +86,19 @@ def seed(cluster: ChaosCluster, directory: Path) -> dict[str, Decimal]:
 
 
 @pytest.mark.timeout(240)
-def test_prepaid_calls_are_billed_exactly_once_while_servers_are_killed(chaos: Chaos) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_prepaid_calls_are_billed_exactly_once_while_servers_are_killed(
+    chaos: Chaos, backend: str, request: pytest.FixtureRequest
+) -> None:
     rng = random.Random()
     run_seed = rng.randrange(1 << 32)
     rng.seed(run_seed)
-    chaos.m.note("prepaid: seed", run_seed)
-    cluster = chaos.cluster(servers=2, extra_config=PLAN)
+    chaos.m.note(f"prepaid ({backend}): seed", run_seed)
+    database: dict[str, str] = {}
+    if backend == "postgresql":  # the test session's PostgreSQL, a new database
+        pg = request.getfixturevalue("pg_database")
+        database = {"database_url": pg.url, "database_password": pg.password}
+    cluster = chaos.cluster(servers=2, extra_config=PLAN, **database)
     directory = chaos.directory
     opening = seed(cluster, directory)
     injection = directory / "calls.csv"

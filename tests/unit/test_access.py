@@ -512,3 +512,13 @@ def test_refusals_are_stateless_no_transaction_kept_nothing_retransmitted() -> N
         ]
     assert len(sw.core.layer) == 0
     assert sw.advance(40) == []  # no Timer G retransmissions of the 407s
+
+
+def test_a_ban_is_reported_so_the_process_can_close_its_connections() -> None:
+    sw = switch()
+    assert sw.guard is not None
+    banned: list[str] = []
+    sw.guard.on_ban = banned.append
+    for n in range(21):
+        sw.receive(options(n), STRANGER)
+    assert banned == ["198.51.100.7"]

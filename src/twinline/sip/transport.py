@@ -230,6 +230,15 @@ class SipTransports:
         for data in self._connecting.pop((host, port), []):
             proto.send(data)
 
+    def disconnect(self, host: str) -> int:
+        """Close every stream connection (TCP, TLS) with `host`, e.g. a banned address;
+        returns how many."""
+        closing = [c for remote, c in self.tcp.items() if remote[0] == host]
+        for conn in closing:
+            if conn.transport is not None:
+                conn.transport.close()
+        return len(closing)
+
     def close(self) -> None:
         self.resolver.close()
         for udp in self.udp.values():

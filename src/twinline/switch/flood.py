@@ -82,6 +82,8 @@ class FloodGuard:
         self.ban_seconds = ban_seconds
         self.is_trusted = is_trusted
         self.max_banned = max_banned
+        # Called with the host of each new ban (the process closes its connections).
+        self.on_ban: Callable[[str], object] | None = None
         self.stats = FloodStats()
         self._banned: dict[str, float] = {}  # host -> banned until
         self._counts: dict[str, int] = {}  # host -> new requests in this window
@@ -177,6 +179,8 @@ class FloodGuard:
                 return
         banned[source[1]] = now + self.ban_seconds
         block(source, f"banned for {self.ban_seconds:g} s: {why}")
+        if self.on_ban is not None:
+            self.on_ban(source[1])
 
     # --- for operators ------------------------------------------------------------------
     def banned_now(self, now: float) -> int:

@@ -169,6 +169,8 @@ class SwitchServer:
         )
         self.guard = guard
         self.core.guard = guard
+        # A banned address's TCP and TLS connections are closed, not only ignored.
+        guard.on_ban = self.transports.disconnect
         self.core.admission = Admission(
             self.config,
             DigestGate(authenticator, secrets, guard),

@@ -107,6 +107,9 @@ def test_who_pays_the_authenticated_user_then_the_asserted_number_then_the_calle
     tel = {"p-asserted-identity": "<tel:+4412345>"}
     assert caller_identity(CallInfo(caller="0999", callee="1", headers=tel)) == "4412345"
     assert caller_identity(CallInfo(caller="0999", callee="1")) == "0999"
+    assert caller_identity(CallInfo(caller="0999", callee="1", user="alice", headers=pai)) == (
+        "alice"
+    )
 
 
 # --- rating end to end ----------------------------------------------------------------------

@@ -120,9 +120,8 @@ def parse_card_dial(dialled: str) -> CardDial | str | None:
 def caller_identity(info: CallInfo) -> str:
     """Who pays for a call that is not a card call: the user who authenticated the
     INVITE, else the number a trunk asserted (P-Asserted-Identity), else the caller."""
-    user: str = getattr(info, "user", "")
-    if user:
-        return user
+    if info.user:
+        return info.user
     for name, value in info.headers.items():
         if name.lower() == "p-asserted-identity":
             found = _URI_USER.search(value)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twinline.metrics import Families, Field, Fields, store_metrics
+from twinline.metrics_histogram import Histogram
 
 if TYPE_CHECKING:
     from twinline.appserver.server import AppServerProcess
@@ -41,6 +42,40 @@ RUNTIME_FIELDS: Fields = {
     ),
     "cdrs_written": Field("twinline_cdrs_written", "Call detail records written"),
 }
+
+
+# Seconds from a checkpoint sent to its standby's acknowledgement.
+ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MAX_TRACKED = 100_000  # calls whose last checkpoint awaits its ack; past it, start over
+
+
+class CheckpointLag:
+    """How far behind the standbys are: the time from a checkpoint sent to its ack, and
+    how many calls' latest checkpoints are not acknowledged yet. One entry per call
+    (its latest checkpoint), kept by the process's link edge, never by the core."""
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(ACK_BUCKETS)
+        self._sent: dict[str, tuple[str, int, float]] = {}  # call -> (peer, version, at)
+
+    def sent(self, peer: str, call: str, version: int, now: float) -> None:
+        if len(self._sent) >= MAX_TRACKED:
+            self._sent.clear()
+        self._sent[call] = (peer, version, now)
+
+    def acknowledged(self, call: str, version: int, now: float) -> None:
+        entry = self._sent.get(call)
+        if entry is not None and entry[1] <= version:
+            del self._sent[call]
+            if entry[1] == version:
+                self.histogram.observe(now - entry[2])
+
+    def peer_lost(self, peer: str) -> None:
+        self._sent = {c: e for c, e in self._sent.items() if e[0] != peer}
+
+    @property
+    def waiting(self) -> int:
+        return len(self._sent)
 
 
 def appserver_collector(process: AppServerProcess) -> Callable[[Families], None]:
@@ -73,6 +108,17 @@ def appserver_collector(process: AppServerProcess) -> Callable[[Families], None]
                 {"link": "peer", "peer": peer.name},
             )
         process.loop_lag.add_to(families)
+        lag = process.checkpoint_lag
+        families.histogram(
+            "twinline_checkpoint_ack_seconds",
+            "From a checkpoint sent to the standby to its acknowledgement",
+            lag.histogram,
+        )
+        families.gauge(
+            "twinline_checkpoints_unacknowledged",
+            "Calls whose latest checkpoint the standby has not acknowledged yet",
+            lag.waiting,
+        )
         for name, service in sorted(process.services.items()):
             stats = getattr(service, "stats", None)
             if stats is not None and dataclasses.is_dataclass(stats):

@@ -152,6 +152,9 @@ def test_every_process_counts_what_sipp_did(cluster: Cluster, sipp: Sipp) -> Non
         m[s].value("twinline_checkpoints_total", outcome="applied") for s in ("as1", "as2")
     )
     assert sent >= CALLS and applied == sent
+    acked = sum(m[s].value("twinline_checkpoint_ack_seconds_count") for s in ("as1", "as2"))
+    assert CALLS <= acked <= sent
+    assert sum(m[s].value("twinline_checkpoints_unacknowledged") for s in ("as1", "as2")) == 0
     for server, other in (("as1", "as2"), ("as2", "as1")):
         a = m[server]
         assert a.value("twinline_handler_runs_total") >= CALLS / 2 * 0.8

@@ -84,3 +84,21 @@ def test_a_failing_collector_leaves_the_scrape_working() -> None:
 
     text = generate_latest(make_registry(fill)).decode()
     assert "process_cpu_seconds_total" in text
+
+
+def test_checkpoint_lag_times_the_latest_checkpoint_of_each_call_to_its_ack() -> None:
+    from twinline.metrics_appserver import CheckpointLag
+
+    lag = CheckpointLag()
+    lag.sent("as2", "c1", 1, now=10.0)
+    lag.acknowledged("c1", 1, now=10.004)
+    lag.sent("as2", "c2", 1, now=11.0)
+    lag.sent("as2", "c2", 2, now=11.5)  # sent again before the first ack
+    lag.acknowledged("c2", 1, now=11.6)  # an old ack: still waiting for version 2
+    assert lag.waiting == 1
+    lag.acknowledged("c2", 2, now=11.52)
+    lag.sent("as3", "c3", 1, now=12.0)
+    lag.peer_lost("as3")  # its acks will never come
+    assert lag.waiting == 0
+    assert lag.histogram.count == 2
+    assert lag.histogram.total == pytest.approx(0.024)

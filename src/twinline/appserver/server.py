@@ -40,7 +40,7 @@ from twinline.link.messages import (
     Welcome,
 )
 from twinline.metrics import LoopLag, make_registry, start_metrics_http
-from twinline.metrics_appserver import appserver_collector
+from twinline.metrics_appserver import CheckpointLag, appserver_collector
 from twinline.services.registry import load_services
 from twinline.store import open_store
 from twinline.tls import link_contexts
@@ -74,6 +74,7 @@ class AppServerProcess:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.loop_lag = LoopLag()
+        self.checkpoint_lag = CheckpointLag()
         self.metrics = make_registry(appserver_collector(self))
 
     def _endpoint(self, role: str, receives: Any, expect: str | None = None) -> LinkEndpoint:
@@ -109,6 +110,8 @@ class AppServerProcess:
         if link is None or not link.endpoint.established:
             return False
         link.send(msg)
+        if isinstance(msg, Checkpoint):
+            self.checkpoint_lag.sent(server, msg.call, msg.version, time.monotonic())
         return True
 
     # --- the call tracking link -------------------------------------------------------------
@@ -161,6 +164,7 @@ class AppServerProcess:
             msg = event.message
             peer = link.peer_name or ""
             if isinstance(msg, CheckpointAck):
+                self.checkpoint_lag.acknowledged(msg.call, msg.version, time.monotonic())
                 self.runtime.acknowledged(msg)
             elif isinstance(msg, Checkpoint):
                 self.runtime.checkpoint(peer, msg)
@@ -184,6 +188,7 @@ class AppServerProcess:
             if gone is not None and self.peers.get(gone) is link:
                 del self.peers[gone]
                 log.warning("peer link to %s closed: %s", gone, event.reason)
+                self.checkpoint_lag.peer_lost(gone)
                 self.runtime.peer_lost(gone)
 
     async def _keep_peer(self, name: str, host: str, port: int) -> None:

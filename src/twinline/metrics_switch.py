@@ -152,6 +152,11 @@ def switch_collector(server: SwitchServer) -> Callable[[Families], None]:
             int(core.overloaded),
         )
         server.loop_lag.add_to(families)
+        families.gauge(
+            "twinline_registrations",
+            "Contacts registered now (live bindings of every user)",
+            server.location.count(server.loop.time() if server.loop is not None else 0.0),
+        )
         families.histogram(
             "twinline_takeover_seconds",
             "From a failure (or handover) noticed to the last of its calls re-owned",

@@ -18,6 +18,7 @@ scenario's comment):
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from .conftest import StartSwitch
+from .scrape import scrape
 from .sipp import Sipp, SippRun, SippStats, malformed_faults, scenario, write_injection_file
 from .switchproc import DOMAIN, SwitchProcess, free_port, route
 
@@ -210,6 +212,12 @@ def test_registered_user_is_reached_by_name(start_switch: StartSwitch, sipp: Sip
         ],
     )  # fmt: skip
     registration.check(successful=1, created=1)
+    # The switch's metrics count the registration (challenged, then authenticated).
+    http = re.search(r'^http = "([^"]+)"', switch.config, re.M)
+    assert http is not None
+    metrics = scrape(f"http://{http[1]}/metrics")
+    assert metrics.value("twinline_registrations") == 1
+    assert metrics.value("twinline_sip_requests_received_total", method="REGISTER") == 2
     caller = call(sipp, switch, "uac_call.xml", calls=100, rate=50, service="alice")
     caller.check(successful=100, created=100)
     settle_callee(phone, calls=100)

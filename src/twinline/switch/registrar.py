@@ -188,6 +188,10 @@ class LocationService:
                 del self._by_user[user]
         return removed
 
+    def count(self, now: float) -> int:
+        """Live bindings of every user (for the metrics: a scrape, not a call's path)."""
+        return sum(1 for b in self._by_user.values() for x in b.values() if x.expires_at > now)
+
     def next_expiry(self) -> float | None:
         """When the next binding expires (the adapter's timer for `expire`), or None."""
         return min(

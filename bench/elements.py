@@ -8,6 +8,8 @@ the same callee (the SIPp UAS of ``load.start_uas``) at ``callee_port``:
   ``[cluster] redundancy = false`` (calls get no standby); ``twinline-prepaid`` the
   same as ``twinline`` with every call prepaid (a reservation at the offer, a debit
   and the CDR's cost at the end), its account and rate filled before the run;
+  ``twinline-pg`` and ``twinline-prepaid-pg`` the same on PostgreSQL (a server of the
+  benchmark's own, tests/pgserver.py, a new database per run) instead of SQLite;
 - ``sippy``: Sippy B2BUA's ``b2bua_simple`` (PyPI ``sippy``, in its own virtual
   environment, ``bench/.venvs/sippy``), ``-n`` routing every call to the callee;
 - ``kamailio``: Kamailio (Debian package) as a minimal stateful proxy with one
@@ -21,6 +23,7 @@ at its ``warning`` level, Sippy's SIP logger off (``SIPLOG_BEND=none``), Kamaili
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -155,10 +158,26 @@ PREPAID_DATA = (
 )  # fmt: skip
 
 
+_PG: list[Any] = []  # the benchmark's PostgreSQL server, started on first use
+
+
+def _postgres() -> Any:
+    if not _PG:
+        from tests.pgserver import PgServer  # noqa: PLC0415 - only when a PG element runs
+
+        server = PgServer()
+        server.start()
+        atexit.register(server.destroy)
+        _PG.append(server)
+    return _PG[0]
+
+
 @dataclass
 class Twinline(Element):
     redundancy: bool = True
     prepaid: bool = False  # every call through the prepaid service (authorize, debit, CDR)
+    postgres: bool = False  # on PostgreSQL rather than SQLite
+    database_password: str = ""
     servers: int = 2
     stop_signal: int = signal.SIGINT  # as Ctrl-C: `twinline up` stops its processes in order
     log_level: str = "warning"
@@ -178,6 +197,11 @@ class Twinline(Element):
         db = self.directory / "twinline.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
+        url = f"sqlite:///{db}"
+        if self.postgres:
+            server = _postgres()
+            url = server.url(server.create_database("bench"))
+            self.database_password = server.password
         self.config_path.write_text(
             f"""# Written by bench/elements.py for one benchmark run.
 [switch]
@@ -190,7 +214,7 @@ max_calls = 1000000
 redundancy = {"true" if self.redundancy else "false"}
 
 [database]
-url = "sqlite:///{db}"
+url = "{url}"
 
 {servers}# SIPp plays the callers and the callee on 127.0.0.1: a trusted trunk, so its calls
 # are not challenged and not rate limited.
@@ -213,6 +237,7 @@ target = "127.0.0.1:{self.callee_port}"
             done = subprocess.run(
                 [sys.executable, "-m", "twinline", *args, "--config", str(self.config_path)],
                 capture_output=True, text=True, timeout=60, check=False,
+                env=self.environment(),
             )  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(f"twinline {' '.join(args)}: {done.stdout}{done.stderr}")
@@ -226,6 +251,8 @@ target = "127.0.0.1:{self.callee_port}"
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["TWINLINE_RUN_DIR"] = str(self.directory / "run")
+        if self.database_password:
+            env["TWINLINE_DATABASE_PASSWORD"] = self.database_password
         return env
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
@@ -301,11 +328,17 @@ class Direct(Element):
         return []
 
 
-# The elements in the order of the tables; the first three are twinline.
+# The elements in the order of the tables; the first five are twinline.
 KINDS: dict[str, tuple[type[Element], str, dict[str, Any]]] = {
     "twinline": (Twinline, "twinline (redundancy on)", {"redundancy": True}),
     "twinline-noredundancy": (Twinline, "twinline (redundancy off)", {"redundancy": False}),
     "twinline-prepaid": (Twinline, "twinline prepaid (redundancy on)", {"prepaid": True}),
+    "twinline-pg": (Twinline, "twinline on PostgreSQL (redundancy on)", {"postgres": True}),
+    "twinline-prepaid-pg": (
+        Twinline,
+        "twinline prepaid on PostgreSQL (redundancy on)",
+        {"prepaid": True, "postgres": True},
+    ),
     "sippy": (Sippy, "Sippy B2BUA", {}),
     "kamailio": (Kamailio, "Kamailio (1 worker)", {}),
     "direct": (Direct, "SIPp to SIPp", {}),

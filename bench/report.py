@@ -29,6 +29,7 @@ STRICT_VS_KAMAILIO = 0.25  # ... and >= 1/4 of Kamailio's
 REDUNDANCY_COST = 0.30  # redundancy costs at most 30 % of capacity
 TAKEOVER_CALLS, TAKEOVER_MS = 5000, 300.0  # takeover median under 300 ms at 5,000 calls
 PREPAID_SHARE = 0.60  # prepaid capacity (strict) at least 60 % of basic capacity
+POSTGRES_SHARE = 0.80  # capacity on PostgreSQL at least 80 % of capacity on SQLite
 MEMORY_BYTES = 10_000  # at most 10 KB per established call
 
 
@@ -67,6 +68,26 @@ def _kib(value: float | None) -> str:
 def _median_of(values: list[Any]) -> float | None:
     numbers = [v for v in values if v is not None]
     return statistics.median(numbers) if numbers else None
+
+
+def _postgres_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for what, sqlite, pg in (
+        ("basic", "twinline", "twinline-pg"),
+        ("prepaid", "twinline-prepaid", "twinline-prepaid-pg"),
+    ):
+        on_sqlite = _median(results, sqlite, "strict")
+        on_pg = _median(results, pg, "strict")
+        target = f"{what} capacity on PostgreSQL ≥ 80 % of the same on SQLite, same run"
+        if on_sqlite and on_pg is not None:
+            ratio = on_pg / on_sqlite
+            rows.append(
+                (target, f"{on_pg:g} / {on_sqlite:g} = {100 * ratio:.0f} %",
+                 "met" if ratio >= POSTGRES_SHARE else "not yet")
+            )  # fmt: skip
+        else:
+            rows.append((target, "not measured", "-"))
+    return rows
 
 
 def _prepaid_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -174,6 +195,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
              "not measured in this run", "-")
         )  # fmt: skip
     rows += _prepaid_targets(results)
+    rows += _postgres_targets(results)
     mem = results.get("memory", {}).get("twinline", {})
     if "per_call_bytes" in mem:
         per_call = mem["per_call_bytes"]

@@ -48,7 +48,7 @@ from twinline.store.base import Row, Tx
 from twinline.store.errors import StoreError, StoreUnavailable, display_url
 from twinline.store.records import SqlValue
 from twinline.store.sql import render
-from twinline.store.writer import Failure, Session
+from twinline.store.writer import Failure, Session, Write
 
 log = logging.getLogger("twinline.store")
 
@@ -182,10 +182,12 @@ class PgSession(Session):
     def commit(self) -> None:
         self.conn.execute("COMMIT")
 
-    def execute_many(self, sql: str, params: Sequence[tuple[SqlValue, ...]]) -> int:
-        cur = self.conn.cursor()
-        cur.executemany(render(sql, "postgresql"), params)
-        return cur.rowcount
+    def execute_batch(self, writes: Sequence[Write]) -> int:
+        # Pipeline mode: every statement of the batch goes out before any answer is
+        # read, one round trip for the batch rather than one per write.
+        with self.conn.pipeline():
+            cursors = [self.conn.execute(render(w.sql, "postgresql"), w.params) for w in writes]
+        return sum(max(c.rowcount, 0) for c in cursors)
 
     def rollback(self) -> None:
         if self._lost or self.conn.closed or self.conn.broken:

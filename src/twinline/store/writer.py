@@ -30,7 +30,6 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import enum
-import itertools
 import logging
 import math
 import queue
@@ -106,9 +105,9 @@ class Session(abc.ABC):
         """Wait before running a conflicting transaction again (`attempt` >= 1)."""
         jittered_backoff(attempt)
 
-    def execute_many(self, sql: str, params: Sequence[tuple[SqlValue, ...]]) -> int:
-        """Run one statement once per parameter tuple; how many rows they changed."""
-        return sum(max(self.tx.execute(sql, p), 0) for p in params)
+    def execute_batch(self, writes: Sequence[Write]) -> int:
+        """Run the writes in order, in the open transaction; how many rows they changed."""
+        return sum(max(self.tx.execute(w.sql, w.params), 0) for w in writes)
 
     def savepoint(self) -> None:
         self.tx.execute("SAVEPOINT one_op")
@@ -424,11 +423,7 @@ class Writer:
             attempt += 1
             try:
                 session.begin()
-                rows = 0
-                # Runs of the same statement (a burst of CDRs) go to the driver at once:
-                # psycopg pipelines them, one round trip rather than one per write.
-                for sql, run in itertools.groupby(batch, key=lambda w: w.sql):
-                    rows += max(session.execute_many(sql, [w.params for w in run]), 0)
+                rows = session.execute_batch(batch)
                 session.commit()
             except Exception as e:
                 session.rollback()

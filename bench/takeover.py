@@ -16,7 +16,8 @@ wall clock after: both ``time.time()`` on this host):
 
 The same runs with every call prepaid (``prepaid_takeover_runs``: each call holds a
 reservation, and its standby holds the service's state with the grant and the credit
-timer) give the takeover time with prepaid calls.
+timer) give the takeover time with prepaid calls, and the same counts with basic calls
+on PostgreSQL (``postgres``) the takeover time on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -58,12 +59,14 @@ def one(
     *,
     read_memory: bool,
     prepaid: bool = False,
+    postgres: bool = False,
 ) -> dict[str, Any]:
-    key = "twinline-prepaid" if prepaid else "twinline"
-    directory = out / "takeover" / f"{'prepaid-' if prepaid else ''}{calls}-{repeat}"
+    key = ("twinline-prepaid" if prepaid else "twinline") + ("-pg" if postgres else "")
+    kind = ("prepaid-" if prepaid else "") + ("pg-" if postgres else "")
+    directory = out / "takeover" / f"{kind}{calls}-{repeat}"
     element = Twinline(
         key=key, label=key, directory=directory / "element", callee_port=free_port(),
-        prepaid=prepaid,
+        prepaid=prepaid, postgres=postgres,
     )  # fmt: skip
     element.start()
     uas = uac = None
@@ -121,22 +124,33 @@ def one(
 def run_all(profile: Profile, out: Path, rate: float) -> dict[str, Any]:
     basic = _runs(profile.takeover_runs, profile, out, rate, prepaid=False)
     prepaid = _runs(profile.prepaid_takeover_runs, profile, out, rate, prepaid=True)
-    return {**basic, "prepaid": prepaid}
+    # On PostgreSQL: the counts of the prepaid runs (5,000 calls, the target's), basic calls.
+    postgres = _runs(profile.prepaid_takeover_runs, profile, out, rate, postgres=True)
+    return {**basic, "prepaid": prepaid, "postgres": postgres}
 
 
 def _runs(
-    counts: tuple[tuple[int, int], ...], profile: Profile, out: Path, rate: float, *, prepaid: bool
+    counts: tuple[tuple[int, int], ...],
+    profile: Profile,
+    out: Path,
+    rate: float,
+    *,
+    prepaid: bool = False,
+    postgres: bool = False,
 ) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
-    kind = "prepaid " if prepaid else ""
+    kind = ("prepaid " if prepaid else "") + ("PostgreSQL " if postgres else "")
     for calls, repeats in counts:
         for repeat in range(1, repeats + 1):
             print(f"  takeover: {calls} {kind}calls, run {repeat} (ramp {rate:g}/s)", flush=True)
             try:
-                read_memory = not prepaid and calls == profile.memory_calls and repeat == 1
-                result = one(
-                    calls, repeat, rate, profile, out, read_memory=read_memory, prepaid=prepaid
+                read_memory = (
+                    not prepaid and not postgres and calls == profile.memory_calls and repeat == 1
                 )
+                result = one(
+                    calls, repeat, rate, profile, out,
+                    read_memory=read_memory, prepaid=prepaid, postgres=postgres,
+                )  # fmt: skip
             except RUN_ERRORS as e:
                 print(f"    failed: {e!r}"[:2000], flush=True)
                 runs.append({"calls": calls, "repeat": repeat, "error": str(e)[:2000]})

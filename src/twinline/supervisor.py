@@ -114,6 +114,7 @@ class Supervisor:
         self._log: IO[bytes] | None = None
         self.view = view
         self.notes: list[str] = []  # shown under the view: processes that exited
+        self.config_path = config_path
 
     def _spawn(self, child: Child) -> None:
         if self.log_file is not None and self._log is None:
@@ -208,7 +209,11 @@ class Supervisor:
                 status,
                 dashboard=dashboard_url(self.config.switch.http),
                 log_file=str(self.log_file) if self.log_file is not None else None,
-                notes=self.notes[-5:],
+                notes=[
+                    f"the dashboard's buttons need the API token: switch.api_token in "
+                    f"{self.config_path} (or TWINLINE_API_TOKEN)",
+                    *self.notes[-5:],
+                ],
             )
 
         with Live(frame(), console=Console(stderr=True), refresh_per_second=4) as live:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import socket
 import tempfile
@@ -69,7 +70,7 @@ def _free_port(kind: int = socket.SOCK_STREAM, prefer: int = 0) -> int:
     raise OSError("no free port")
 
 
-def write_config(directory: Path, callee_port: int) -> Path:
+def write_config(directory: Path, callee_port: int, token: str) -> Path:
     sip = _free_port(socket.SOCK_DGRAM)
     http = _free_port(prefer=8062)
     servers = "".join(
@@ -84,6 +85,7 @@ def write_config(directory: Path, callee_port: int) -> Path:
 listen = ["udp:127.0.0.1:{sip}"]
 link = "127.0.0.1:{_free_port()}"
 http = "127.0.0.1:{http}"
+api_token = "{token}"
 
 [database]
 url = "sqlite:///{directory / "twinline.db"}"
@@ -121,7 +123,8 @@ class Demo:
         loop = asyncio.get_running_loop()
         callee = Callee()
         callee_port = await callee.start()
-        path = write_config(self.directory, callee_port)
+        token = secrets.token_urlsafe(12)
+        path = write_config(self.directory, callee_port, token)
         config = load_config(path)
         self.supervisor = Supervisor(
             config, str(path), log_level="info", log_file=self.directory / "twinline.log"
@@ -130,6 +133,10 @@ class Demo:
         await loop.run_in_executor(None, supervisor.start)
         dashboard = f"http://{config.switch.http}/"
         self.console.print(f"[bold]twinline demo:[/] dashboard at [link={dashboard}]{dashboard}[/]")
+        self.console.print(
+            f"[bold]twinline demo:[/] its API token (for the dashboard's drain and handover "
+            f"buttons): {token}"
+        )
         self.console.print(f"[bold]twinline demo:[/] logs in {self.directory / 'twinline.log'}")
         live = Live(self._frame(dashboard), console=self.console, refresh_per_second=4)
         if self.view:

@@ -357,12 +357,13 @@ class SwitchServer:
     def drain(self, name: str, on: bool) -> dict[str, Any]:
         assert self.arbiter is not None
         self.arbiter.drain(name, on)
-        if not on:
-            self.arbiter.reprotect()
+        count = 0 if on else self.arbiter.reprotect()
         log.info("application server %s %s", name, "drained" if on else "undrained")
         self.timeline.add(
             "drain" if on else "undrain", name, f"{name} {'drained' if on else 'undrained'}"
         )
+        if count:
+            self.timeline.add("reprotect", name, f"{count} unprotected calls given a standby")
         return {"server": name, "state": self.arbiter.servers[name].state.value}
 
     def handover(self, name: str) -> dict[str, Any]:

@@ -48,3 +48,21 @@ def pg_server() -> Iterator[PgServer]:
 def pg_database(pg_server: PgServer) -> PgDatabase:
     name = pg_server.create_database()
     return PgDatabase(pg_server, name, pg_server.url(name), pg_server.password)
+
+
+@pytest.fixture
+def pg_replicated(pg_server: PgServer) -> Iterator[tuple[PgServer, PgServer]]:
+    """A primary and its synchronous streaming replica (every commit the primary
+    acknowledges is on the replica), apart from the session's server, not yet failed."""
+    del pg_server  # started first: whether PostgreSQL can run here at all
+    primary = PgServer(settings={"synchronous_standby_names": "*"})
+    standby: PgServer | None = None
+    try:
+        primary.start()
+        standby = primary.standby()
+        standby.start()
+        yield primary, standby
+    finally:
+        if standby is not None:
+            standby.destroy()
+        primary.destroy()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,26 +90,10 @@ def test_twenty_stores_debit_one_account_exactly_once_each(pg_database: PgDataba
     assert db.scalar("SELECT count(*) FROM side_effects") == keys
 
 
-@pytest.fixture(scope="module")
-def replicated() -> Iterator[tuple[PgServer, PgServer]]:
-    """A primary and its synchronous streaming replica, apart from the session's server."""
-    primary = PgServer(settings={"synchronous_standby_names": "*"})
-    standby: PgServer | None = None
-    try:
-        primary.start()
-        standby = primary.standby()
-        standby.start()
-        yield primary, standby
-    finally:
-        if standby is not None:
-            standby.destroy()
-        primary.destroy()
-
-
 def test_a_multi_host_url_finds_the_primary_then_the_promoted_replica(
-    replicated: tuple[PgServer, PgServer],
+    pg_replicated: tuple[PgServer, PgServer],
 ) -> None:
-    primary, standby = replicated
+    primary, standby = pg_replicated
     hosts = f"127.0.0.1:{standby.port},127.0.0.1:{primary.port}"
     url = f"postgresql://{USER}@{hosts}/postgres?target_session_attrs=read-write"
     settings = PgSettings(url, password=primary.password, connect_timeout=2)

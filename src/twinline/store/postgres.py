@@ -177,7 +177,9 @@ class PgSession(Session):
         )
         self._tx = _PgTx(self.conn)
         self._lost = False
-        log.info("store: reconnected to the database (%s)", self.conn.info.host)
+        log.info(
+            "store: reconnected to the database (%s:%s)", self.conn.info.host, self.conn.info.port
+        )
 
     def commit(self) -> None:
         self.conn.execute("COMMIT")

@@ -84,6 +84,15 @@ class PgSettings:
             "connect_timeout": max(2, math.ceil(self.connect_timeout)),
             "options": f"-c statement_timeout={round(self.statement_timeout * 1000)}",
             "application_name": "twinline",
+            # A server cut off by the network answers nothing, not even a reset: without
+            # these a transaction would wait for the kernel's TCP timeout (minutes).
+            # Unacknowledged data for 10 s, or an idle connection silent for 10 + 3 x 2 s,
+            # and the connection is declared lost (the writer holds its batches).
+            "tcp_user_timeout": 10_000,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
         }
         if self.sslmode is not None:
             kwargs["sslmode"] = self.sslmode

@@ -68,9 +68,10 @@ class PgServer:
     """One PostgreSQL cluster: `start()`, `stop()` (and start again: the same data),
     `create_database()`, `destroy()`."""
 
-    def __init__(self, *, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, *, settings: dict[str, str] | None = None, netns: str | None = None) -> None:
         self.bin = pg_bin()
         self.user = _run_as()
+        self.netns = netns  # a network namespace to run the server in (root only)
         self.password = secrets.token_urlsafe(16)
         self.dir = Path(tempfile.mkdtemp(prefix="twinline-pg-"))
         self.data = self.dir / "data"
@@ -93,9 +94,15 @@ class PgServer:
     def _run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env = {**clean, "LC_ALL": "C", **(env or {})}
+        command = [str(self.bin / args[0]), *args[1:]]
+        user = self.user
+        if self.netns is not None:
+            as_user = ["runuser", "-u", user, "--"] if user is not None else []
+            command = ["ip", "netns", "exec", self.netns, *as_user, *command]
+            user = None
         result = subprocess.run(
-            [str(self.bin / args[0]), *args[1:]],
-            user=self.user,
+            command,
+            user=user,
             cwd=self.dir,
             env=env,
             capture_output=True,
@@ -138,6 +145,8 @@ class PgServer:
             "--no-instructions",
         )
         pwfile.unlink()
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all samenet scram-sha-256\n")  # a listen address not loopback
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(f"port = {self.port}\n")
             for key, value in self.settings.items():

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -238,3 +241,70 @@ def test_writes_wait_out_a_database_outage_and_operations_fail_fast(
         run(main())
     assert "the database is unreachable" in caplog.text
     assert "the database is back after" in caplog.text
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def pg_behind_a_link(pg_server: PgServer) -> Iterator[tuple[PgServer, str, str]]:
+    """A PostgreSQL in a network namespace of its own, reached over a veth pair: the
+    link can be cut (its far end down), as a network cut leaves a server: silent."""
+    del pg_server  # whether PostgreSQL runs here at all
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    tag = f"{os.getpid() % 10000}"
+    ns, near, far = f"tlpg{tag}", f"tlpga{tag}", f"tlpgb{tag}"
+    net = f"10.231.{os.getpid() % 250}"
+    server: PgServer | None = None
+    _ip("netns", "add", ns)
+    try:
+        _ip("link", "add", near, "type", "veth", "peer", "name", far)
+        _ip("link", "set", far, "netns", ns)
+        _ip("addr", "add", f"{net}.1/30", "dev", near)
+        _ip("link", "set", near, "up")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", far)
+        _ip("netns", "exec", ns, "ip", "link", "set", far, "up")
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        server = PgServer(settings={"listen_addresses": f"{net}.2"}, netns=ns)
+        server.start()
+        yield server, f"postgresql://{USER}@{net}.2:{server.port}/postgres", far
+    finally:
+        if server is not None:
+            server.destroy()
+        subprocess.run(["ip", "link", "del", near], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def test_a_server_cut_off_by_the_network_is_found_lost_and_the_writes_wait(
+    pg_behind_a_link: tuple[PgServer, str, str],
+) -> None:
+    """No reset, no answer: the connection is declared lost within the TCP user
+    timeout (10 s), operations are refused meanwhile, and the held writes land once
+    the link is back."""
+    server, url, far = pg_behind_a_link
+    ns = server.netns
+    assert ns is not None
+
+    async def main() -> None:
+        async with PostgresStore(PgSettings(url, password=server.password)) as store:
+            store.write_cdr(cdr("before"))
+            await store.flush()
+            _ip("netns", "exec", ns, "ip", "link", "set", far, "down")
+            try:
+                for i in range(50):
+                    store.write_cdr(cdr(f"cut-{i}"))
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    await asyncio.wait_for(store.claim("cut/debit/1", "cut", "debit"), 40)
+                lost_after = time.monotonic() - started
+                assert lost_after < 25, lost_after
+                assert store.stats.held == 50
+            finally:
+                _ip("netns", "exec", ns, "ip", "link", "set", far, "up")
+            await asyncio.wait_for(store.flush(), 60)
+            ids = [c.call_id for c in await store.cdrs()]
+            assert len(ids) == len(set(ids)) == 51
+
+    run(main())

@@ -469,12 +469,16 @@ class SwitchServer:
     # --- the edge: bytes in, timer re-armed ----------------------------------------------
     def _deliver(self, data: bytes, source: Address, stream: bool) -> None:
         core = self.core
-        assert core is not None and self.loop is not None
+        if core is None or self.loop is None:
+            # The listeners open before the core exists (it needs their addresses): a
+            # message in that instant is dropped, and its sender retransmits it.
+            return
         core.receive(data, source, self.loop.time(), stream=stream)
         self._arm()
 
     def _failed(self, address: Address) -> None:
-        assert self.core is not None and self.loop is not None
+        if self.core is None or self.loop is None:
+            return  # nothing was sent yet: no transaction to fail
         self.core.transport_failed(address, self.loop.time())
         self._arm()
 

@@ -54,7 +54,6 @@ def run_checkpoint(inst: CallInstance, event_seq: int, actions: list[Any]) -> Ch
         state_bytes=b"\x80",
         timers={},
         actions=actions,
-        writes_done=set(),
         record=CallRecord(primaries=["as1"]),
     )
 
@@ -601,7 +600,7 @@ def test_a_late_checkpoint_for_a_dropped_call_creates_no_instance() -> None:
         late = wire.rt["as1"].instances["c1"]
         wire.rt["as2"].drop(Drop(call="c1"))  # the call moved on or ended
         cp = late.checkpoint(
-            event_seq=1, state_bytes=b"\x80", timers={}, actions=[], writes_done=set(),
+            event_seq=1, state_bytes=b"\x80", timers={}, actions=[],
             record=CallRecord(primaries=["as1"]),
         )  # fmt: skip
         wire.rt["as2"].checkpoint("as1", cp)  # the deposed primary catching up

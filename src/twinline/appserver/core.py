@@ -550,7 +550,7 @@ class ReplicationCore:
         the call waits for the database (`saved`); otherwise, with `step`, goes on."""
         cp = inst.checkpoint(
             event_seq=event_seq, state_bytes=state_bytes, timers=timers, actions=actions,
-            writes_done=set(), record=record,
+            record=record,
         )  # fmt: skip
         self._arm_timers(inst)
         if inst.standby is not None and inst.standby in self.peers_up:

@@ -40,10 +40,9 @@ from twinline.link.messages import (
     TimerSpec,
 )
 
-# Tens of thousands of instances live at once, most with no timer, no side effect and
-# nothing unacknowledged: they share these empties rather than holding their own.
+# Tens of thousands of instances live at once, most with no timer and
+# nothing unacknowledged: they share this empty rather than holding their own.
 NO_TIMERS: Mapping[str, float] = MappingProxyType({})
-NO_WRITES: frozenset[str] = frozenset()
 
 
 class Role(enum.Enum):
@@ -71,7 +70,6 @@ class CallInstance:
         "timers",
         "unreleased",
         "version",
-        "writes_done",
     )
 
     def __init__(self, offered: Offered) -> None:
@@ -88,7 +86,6 @@ class CallInstance:
         self.commands_sent = 0
         self.unreleased: list[tuple[int, list[Command]]] = []
         self.pending: tuple[Command, ...] = ()  # standby: the checkpoint's commands not known done
-        self.writes_done: frozenset[str] = NO_WRITES
         self.state_bytes = b""
         self.record = CallRecord(primaries=[offered.primary])
         self.ended = False
@@ -105,7 +102,6 @@ class CallInstance:
         state_bytes: bytes,
         timers: Mapping[str, float],
         actions: list[Action],
-        writes_done: set[str],
         record: CallRecord,
     ) -> Checkpoint:
         """Record a handler run's outcome; its commands wait for this checkpoint's ack."""
@@ -120,7 +116,6 @@ class CallInstance:
         self.event_seq = event_seq
         self.state_bytes = state_bytes
         self.timers = dict(timers) if timers else NO_TIMERS
-        self.writes_done = frozenset(writes_done) if writes_done else NO_WRITES
         self.record = record
         self.unreleased.append((self.version, commands))
         return Checkpoint(
@@ -133,7 +128,6 @@ class CallInstance:
             timers=[TimerSpec(n, due) for n, due in sorted(self.timers.items())],
             pending=[c for _, cs in self.unreleased for c in cs],
             commands_sent=self.commands_sent,
-            writes_done=sorted(self.writes_done),
             record=record,
         )
 
@@ -165,7 +159,6 @@ class CallInstance:
             self.state_bytes = cp.service_state
             self.timers = {t.name: t.due for t in cp.timers} if cp.timers else NO_TIMERS
             self.commands_sent = cp.commands_sent
-            self.writes_done = frozenset(cp.writes_done) if cp.writes_done else NO_WRITES
             self.record = cp.record
             self.pending = tuple(cp.pending)
             self.live = None

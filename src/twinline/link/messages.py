@@ -319,7 +319,9 @@ class Checkpoint(_Msg, tag="checkpoint", frozen=True, kw_only=True):
     timers: list[TimerSpec] = []
     pending: list[Command] = []  # commands not yet known executed by the switch
     commands_sent: int = 0  # the highest command seq issued so far
-    writes_done: list[str] = []  # idempotency keys of side effects already applied
+    # No longer filled: effects are recorded by key in the database (`Store.once_with`).
+    # Kept so that checkpoints of the previous release still decode.
+    writes_done: list[str] = []
     record: CallRecord = CallRecord()
 
 

@@ -532,9 +532,10 @@ def check_placements(cluster: ChaosCluster, context: str, *, adoption: bool = Fa
     a call's primary changes only with a new epoch and only to the server that was
     its standby (the standby takes over; with `adoption`, any live server may adopt a
     call that lost both), and a standby is never on its primary's server."""
-    rows = cluster.query(
-        "SELECT call_id, server, role, epoch FROM call_placements ORDER BY call_id, rowid"
-    )
+    # In the order they were recorded: SQLite's rowid; PostgreSQL has none, but within a
+    # call the epoch, then the time, then the primary before its standby give it.
+    select = "SELECT call_id, server, role, epoch FROM call_placements ORDER BY call_id, "
+    rows = cluster.query(select + ("epoch, at, role" if cluster.database_url else "rowid"))
     problems: list[str] = []
     state: dict[str, tuple[str, str | None, int]] = {}  # call -> primary, standby, epoch
     for call, server, role, epoch in rows:

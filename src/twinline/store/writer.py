@@ -171,6 +171,12 @@ def _resolve(future: concurrent.futures.Future[T], value: T) -> None:
         future.set_result(value)
 
 
+def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
+    """Fail a future whether or not it was started; one its caller cancelled is left."""
+    if future.running() or future.set_running_or_notify_cancel():
+        future.set_exception(error)
+
+
 class Writer:
     """The writer thread, its session, its queue and its counters.
 
@@ -311,19 +317,13 @@ class Writer:
                 self._retry_backlog(session)
             if isinstance(item, _Op):
                 ops: list[_Op[Any]] = [item]
-                while len(ops) < self._batch_size:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if not isinstance(more, _Op):
-                        carried = more  # served next, after these are committed
-                        break
-                    ops.append(more)
+                carried = self._take_ops(ops)
                 if self._backlog or time.monotonic() < self._ops_refused_until:
                     self._refuse_ops(ops)
+                elif carried is None:  # nothing queued behind them yet: more may join
+                    carried = self._run_ops(session, ops, gather=True)
                 else:
-                    self._run_ops(session, ops)
+                    self._run_ops(session, ops, gather=False)
             elif item.stop:
                 self._drain_backlog(session)
                 return item
@@ -511,16 +511,34 @@ class Writer:
         error.__cause__ = e
         return error
 
-    def _run_ops(self, session: Session, ops: list[_Op[Any]]) -> None:
+    def _take_ops(self, ops: list[_Op[Any]]) -> _Item | None:
+        """Add the operations queued now to `ops` (up to `batch_size`); the first other
+        item met is returned, to be served after them."""
+        while len(ops) < self._batch_size:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if not isinstance(more, _Op):
+                return more
+            ops.append(more)
+        return None
+
+    def _run_ops(self, session: Session, ops: list[_Op[Any]], *, gather: bool) -> _Item | None:
         """Immediate operations queued together commit together (group commit): one
         transaction, each operation in a savepoint of its own so that one that fails
         is undone alone. Every result is handed out after the COMMIT, never before.
+        With `gather`, operations queued while the transaction waited for the
+        database's write lock join it (returned: the item met after them, if any, to
+        serve next); without, something else is queued before them already.
 
         A takeover checkpoints thousands of calls to the database at once; one
-        transaction each would serialize them on the commit."""
-        ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
-        if not ops:
-            return  # their callers gave up before they started: nothing was done
+        transaction each would serialize them on the commit. And processes that share
+        a SQLite file, or one account's row on PostgreSQL, take turns on a lock: what
+        queued during one's turn is best done in its next."""
+        carried: _Item | None = None
+        gathered = not gather
+        started_ops = False
         attempt = 0
         reconnected = False
         started = time.monotonic()
@@ -530,6 +548,12 @@ class Writer:
             committing = False
             try:
                 session.begin()
+                if not gathered:
+                    gathered = True
+                    carried = self._take_ops(ops)
+                if not started_ops:
+                    started_ops = True
+                    ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
                 for op in ops:
                     session.savepoint()
                     try:
@@ -563,20 +587,20 @@ class Writer:
                     # for each to find the database unreachable again.
                     self._ops_refused_until = time.monotonic() + _REFUSE_FOR
                 for op in ops:
-                    op.future.set_exception(self._op_error(session, op, error))
-                return
+                    _fail(op.future, self._op_error(session, op, error))
+                return carried
             except BaseException as e:  # noqa: BLE001 - handed to the callers, who raise it
                 session.rollback()
                 for op in ops:
-                    op.future.set_exception(e)
-                return
+                    _fail(op.future, e)
+                return carried
             self._timed("ops_time", started)
             for op, (ok, value) in zip(ops, outcomes, strict=True):
                 if ok:
                     op.future.set_result(value)
                 else:
                     op.future.set_exception(value)
-            return
+            return carried
 
     def _fail_leftovers(self) -> None:
         """Fail whatever was queued after the writer stopped (nothing, when used as meant)."""

@@ -39,6 +39,8 @@ from twinline.services.api import Service, ServiceCall
 from twinline.services.rating import Rate, authorize, billable_seconds, cost, duration_for
 from twinline.store.errors import StoreError
 from twinline.store.servicedata import (
+    Account,
+    Card,
     Cause,
     DataError,
     Refusal,
@@ -142,47 +144,78 @@ class Offer(msgspec.Struct, frozen=True, kw_only=True):
     hold_seconds: int
 
 
-def _authorize(tx: Tx, account_id: str | None, offer: Offer) -> Grant | Refusal:
-    account = None if account_id is None else get_account(tx, account_id)
+class Payer(msgspec.Struct, frozen=True, kw_only=True):
+    """The account that pays for a call and the destination's rate on its plan: read
+    before the offer's transaction, so that it holds the account only to reserve."""
+
+    account_id: str
+    currency: str
+    rate: Rate
+
+
+def find_payer(tx: Tx, account: Account | None, destination: str) -> Payer | Refusal:
     if account is None:
         return Refusal(cause=Cause.NO_ACCOUNT)
     if account.status != "active":
         return Refusal(cause=Cause.ACCOUNT_DISABLED, detail=account.status)
-    rate = find_rate(tx, account.rate_plan, offer.destination, account.currency)
+    rate = find_rate(tx, account.rate_plan, destination, account.currency)
     if rate is None:
-        return Refusal(cause=Cause.NO_RATE, detail=digits_of(offer.destination))
-    tariff = rate.tariff_at(offer.at)
+        return Refusal(cause=Cause.NO_RATE, detail=digits_of(destination))
+    return Payer(account_id=account.id, currency=account.currency, rate=rate)
+
+
+def payer_of(identity: str, destination: str) -> Callable[[Tx], Payer | Refusal]:
+    return lambda tx: find_payer(tx, find_account(tx, identity), destination)
+
+
+def payer_of_card(card: Card | None, destination: str) -> Callable[[Tx], Payer | Refusal]:
+    def read(tx: Tx) -> Payer | Refusal:
+        if card is None:
+            return Refusal(cause=Cause.UNKNOWN_CARD)
+        return find_payer(tx, get_account(tx, card.account_id), destination)
+
+    return read
+
+
+def _authorize(tx: Tx, payer: Payer | Refusal, offer: Offer) -> Grant | Refusal:
+    """Hold what the payer's available credit buys (the reservation re-reads the account
+    and checks its status and calls again: it may have changed since it was read)."""
+    if isinstance(payer, Refusal):
+        return payer  # kept as the effect's result, as a reservation would be
+    tariff = payer.rate.tariff_at(offer.at)
 
     def hold(available: Decimal) -> Decimal | None:
         granted = authorize(tariff, available, hold_seconds=offer.hold_seconds)
         return None if granted is None else granted.hold
 
-    held = reserve(tx, account.id, offer.call_id, hold, at=offer.at)
+    held = reserve(tx, payer.account_id, offer.call_id, hold, at=offer.at)
     if isinstance(held, Refusal):
         return held
     return Grant(
-        account_id=account.id,
-        currency=account.currency,
-        rate=rate,
+        account_id=payer.account_id,
+        currency=payer.currency,
+        rate=payer.rate,
         hold=held.amount,
         max_seconds=duration_for(tariff, held.amount),
     )
 
 
-def reserve_for_identity(identity: str, offer: Offer) -> Callable[[Tx], Grant | Refusal]:
-    def effect(tx: Tx) -> Grant | Refusal:
-        account = find_account(tx, identity)
-        return _authorize(tx, account.id if account else None, offer)
-
-    return effect
+def reserve_for_identity(payer: Payer | Refusal, offer: Offer) -> Callable[[Tx], Grant | Refusal]:
+    return lambda tx: _authorize(tx, payer, offer)
 
 
-def reserve_for_card(card: str, pin_correct: bool, offer: Offer) -> Callable[[Tx], Grant | Refusal]:
+def reserve_for_card(
+    card: str, pin_correct: bool, payer: Payer | Refusal, offer: Offer
+) -> Callable[[Tx], Grant | Refusal]:
     def effect(tx: Tx) -> Grant | Refusal:
         login = pin_checked(tx, card, pin_correct)
         if isinstance(login, Refusal):
             return login
-        granted = _authorize(tx, login.account_id, offer)
+        paying = payer
+        if isinstance(paying, Payer) and paying.account_id != login.account_id:
+            # The card moved to another account since it was read: read that one.
+            paying = find_payer(tx, get_account(tx, login.account_id), offer.destination)
+        granted = _authorize(tx, paying, offer)
         if isinstance(granted, Grant):
             return msgspec.structs.replace(granted, card=card)
         return granted
@@ -234,13 +267,15 @@ class Prepaid(Service[PrepaidState]):
         )  # fmt: skip
         try:
             if dial is None:
-                effect = reserve_for_identity(caller_identity(call.info), offer)
+                payer = await call.read(payer_of(caller_identity(call.info), offer.destination))
+                effect = reserve_for_identity(payer, offer)
             else:
                 found = await call.read(lambda tx: find_card(tx, dial.card))
                 correct = found is not None and await asyncio.to_thread(
                     verify_pin, found.pin_hash, dial.pin
                 )
-                effect = reserve_for_card(dial.card, correct, offer)
+                payer = await call.read(payer_of_card(found, offer.destination))
+                effect = reserve_for_card(dial.card, correct, payer, offer)
             outcome = await call.once("reserve", effect, returns=Grant | Refusal)  # type: ignore[arg-type]
         except StoreError:
             state.store_failed = True

@@ -304,12 +304,12 @@ def _post(
     transaction; DataError if the account is unknown, or if what it would have left
     (with its credit limit) would not cover what calls in progress hold."""
     units = to_units(amount)
-    changed = tx.execute(
+    changed = tx.fetchall(
         "UPDATE accounts SET balance = balance + ?, seq = seq + 1"
-        " WHERE id = ? AND balance + ? + credit_limit - reserved >= 0",
+        " WHERE id = ? AND balance + ? + credit_limit - reserved >= 0 RETURNING seq, balance",
         (units, account_id, units),
     )
-    if changed != 1:
+    if not changed:
         account = get_account(tx, account_id)
         if account is None:
             raise DataError(f"no account {account_id!r}")
@@ -318,9 +318,7 @@ def _post(
             f" {account.balance} below its credit limit {account.credit_limit}"
             f" and what calls in progress hold ({account.reserved})"
         )
-    row = tx.fetchone("SELECT seq, balance FROM accounts WHERE id = ?", (account_id,))
-    assert row is not None
-    seq, balance = _int(row, "seq"), _int(row, "balance")
+    seq, balance = _int(changed[0], "seq"), _int(changed[0], "balance")
     tx.execute(
         f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (account_id, seq, at, kind, units, balance, reason, call_id, key),
@@ -571,11 +569,16 @@ def reserve(
     A second reservation for the same call adds to its hold (an extension: it does
     not count as another call).
     """
-    existing = get_reservation(tx, call_id)
-    if existing is not None and existing.released_at is not None:
+    # Lean on purpose: this runs inside the offer's transaction, which holds the
+    # account's row (PostgreSQL) or the whole file (SQLite) until it commits.
+    existing = tx.fetchone(
+        "SELECT account_id, amount, created_at, released_at FROM reservations WHERE call_id = ?",
+        (call_id,),
+    )
+    if existing is not None and existing["released_at"] is not None:
         raise DataError(f"call {call_id}: its reservation was already settled")
-    if existing is not None and existing.account_id != account_id:
-        raise DataError(f"call {call_id}: reserved on account {existing.account_id}")
+    if existing is not None and _str(existing, "account_id") != account_id:
+        raise DataError(f"call {call_id}: reserved on account {_str(existing, 'account_id')}")
     new_call = existing is None
     # An extension takes the reservation's row lock before the account's, in the order
     # `settle` takes them, so the two cannot deadlock on PostgreSQL.
@@ -585,18 +588,25 @@ def reserve(
     ):
         raise DataError(f"call {call_id}: its reservation was already settled")
     for _ in range(_RESERVE_ATTEMPTS):
-        account = get_account(tx, account_id)
+        account = tx.fetchone(
+            "SELECT status, balance, reserved, credit_limit, max_calls, open_calls"
+            " FROM accounts WHERE id = ?",
+            (account_id,),
+        )
         if account is None:
             return Refusal(cause=Cause.NO_ACCOUNT)
-        if account.status != "active":
-            return Refusal(cause=Cause.ACCOUNT_DISABLED, detail=account.status)
-        if new_call and account.max_calls is not None and account.open_calls >= account.max_calls:
-            return Refusal(
-                cause=Cause.TOO_MANY_CALLS, detail=f"{account.open_calls} of {account.max_calls}"
-            )
-        hold = amount(account.available) if callable(amount) else amount
-        if hold is None or hold > account.available:
-            return Refusal(cause=Cause.NO_CREDIT, detail=f"available {account.available}")
+        status = _str(account, "status")
+        if status != "active":
+            return Refusal(cause=Cause.ACCOUNT_DISABLED, detail=status)
+        max_calls, open_calls = _opt_int(account, "max_calls"), _int(account, "open_calls")
+        if new_call and max_calls is not None and open_calls >= max_calls:
+            return Refusal(cause=Cause.TOO_MANY_CALLS, detail=f"{open_calls} of {max_calls}")
+        available = from_units(
+            _int(account, "balance") + _int(account, "credit_limit") - _int(account, "reserved")
+        )
+        hold = amount(available) if callable(amount) else amount
+        if hold is None or hold > available:
+            return Refusal(cause=Cause.NO_CREDIT, detail=f"available {available}")
         if hold < 0:
             raise DataError(f"call {call_id}: a hold of {hold}")
         units = to_units(hold)
@@ -606,21 +616,26 @@ def reserve(
             " AND (? = 0 OR max_calls IS NULL OR open_calls < max_calls)",
             (units, int(new_call), account_id, units, int(new_call)),
         )
-        if changed == 1:
-            if new_call:
-                tx.execute(
-                    f"INSERT INTO reservations ({_RESERVATION_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, NULL, NULL, NULL)",
-                    (call_id, account_id, units, at),
-                )
-            else:
-                tx.execute(
-                    "UPDATE reservations SET amount = amount + ? WHERE call_id = ?",
-                    (units, call_id),
-                )
-            reservation = get_reservation(tx, call_id)
-            assert reservation is not None
-            return reservation
+        if changed != 1:
+            continue
+        if existing is None:
+            tx.execute(
+                f"INSERT INTO reservations ({_RESERVATION_COLUMNS})"
+                " VALUES (?, ?, ?, ?, NULL, NULL, NULL)",
+                (call_id, account_id, units, at),
+            )
+            return Reservation(
+                call_id=call_id, account_id=account_id, amount=from_units(units), created_at=at
+            )
+        tx.execute(
+            "UPDATE reservations SET amount = amount + ? WHERE call_id = ?", (units, call_id)
+        )
+        return Reservation(
+            call_id=call_id,
+            account_id=account_id,
+            amount=from_units(_int(existing, "amount") + units),
+            created_at=_float(existing, "created_at"),
+        )
     return Refusal(cause=Cause.NO_CREDIT, detail="the account kept changing")
 
 
@@ -634,32 +649,27 @@ def settle(
     """
     if cost < 0:
         raise DataError(f"call {call_id}: a cost of {cost}")
-    row = tx.fetchone(
-        f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE call_id = ?", (call_id,)
+    # Claim the reservation first: only one settlement gets past this UPDATE. (Each step
+    # returns what the next needs: this runs while the account is held, see `reserve`.)
+    claimed = tx.fetchall(
+        "UPDATE reservations SET released_at = ?, cost = ?"
+        " WHERE call_id = ? AND released_at IS NULL RETURNING account_id, amount",
+        (at, to_units(cost), call_id),
     )
-    if row is None:
-        return None
-    account_id = _str(row, "account_id")
-    # Claim the reservation first: only one settlement gets past this UPDATE.
-    if (
-        tx.execute(
-            "UPDATE reservations SET released_at = ? WHERE call_id = ? AND released_at IS NULL",
-            (at, call_id),
-        )
-        != 1
-    ):
+    if not claimed:
+        if tx.fetchone("SELECT call_id FROM reservations WHERE call_id = ?", (call_id,)) is None:
+            return None
         return _settled(tx, call_id)
-    hold = _int(row, "amount")
+    account_id, hold = _str(claimed[0], "account_id"), _int(claimed[0], "amount")
     # Release the hold: this takes the account's row lock before its balance is read.
-    tx.execute(
-        "UPDATE accounts SET reserved = reserved - ?, open_calls = open_calls - 1 WHERE id = ?",
+    released = tx.fetchall(
+        "UPDATE accounts SET reserved = reserved - ?, open_calls = open_calls - 1 WHERE id = ?"
+        " RETURNING balance, credit_limit, reserved",
         (hold, account_id),
     )
-    account = tx.fetchone(
-        "SELECT balance, credit_limit, reserved FROM accounts WHERE id = ?", (account_id,)
-    )
-    if account is None:
+    if not released:
         raise DataError(f"call {call_id}: its account {account_id} is gone")
+    account = released[0]
     payable = max(
         0, _int(account, "balance") + _int(account, "credit_limit") - _int(account, "reserved")
     )
@@ -672,10 +682,7 @@ def settle(
             why += f" (rated {cost}, the account could pay {from_units(units)})"
         entry = _post(tx, account_id, "debit", -from_units(units), why, at=at, call_id=call_id)
         seq, balance = entry.seq, entry.balance
-    tx.execute(
-        "UPDATE reservations SET cost = ?, debited = ? WHERE call_id = ?",
-        (to_units(cost), units, call_id),
-    )
+    tx.execute("UPDATE reservations SET debited = ? WHERE call_id = ?", (units, call_id))
     return Settlement(
         call_id=call_id,
         account_id=account_id,

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     results["ramp_rates"] = rates
     if "takeover" in parts:
         t = time.monotonic()
-        results["takeover"] = takeover.run_all(profile, run_dir, rates["twinline"])
+        results["takeover"] = takeover.run_all(profile, run_dir, rates)
         results["durations_s"]["takeover"] = round(time.monotonic() - t, 1)
         save()
     if "memory" in parts:

@@ -118,6 +118,7 @@ def step(
         hold_ms=profile.hold_ms,
         limit=max(100, int(rate * (profile.hold_ms / 1000 + 3))),
         time_limit_s=limit_s,
+        callers=element.callers,
     )
     uac.wait(limit_s + 10, abort_on_failure=not confirm)
     elapsed = time.monotonic() - started

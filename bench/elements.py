@@ -64,6 +64,11 @@ class Element:
         return f"127.0.0.1:{self.sip_port}"
 
     @property
+    def callers(self) -> Path | None:
+        """A SIPp injection file of callers to place the calls from (None: SIPp's own)."""
+        return None
+
+    @property
     def log_path(self) -> Path:
         return self.directory / f"{self.key}.log"
 
@@ -140,9 +145,11 @@ class Element:
             return ""
 
 
-# The prepaid variant: every call charged to one account that never runs out, at a
-# catch-all rate by the second, each call holding credit for a day of talk (longer than
-# any hold of the benchmark), so the service's path is whole and no call is cut short.
+# The prepaid variant: the calls come from 1,000 callers, each paying with an account of
+# its own that never runs out (as a carrier's traffic spreads over its customers; calls
+# on one account take turns on its row, see docs/benchmarks.md), at a catch-all rate by
+# the second, each call holding credit for a day of talk (longer than any hold of the
+# benchmark), so the service's path is whole and no call is cut short.
 PREPAID_PLAN = """
 [[plan]]
 service = "prepaid"
@@ -150,12 +157,15 @@ service = "prepaid"
 [services.prepaid]
 hold_seconds = 86400
 """
-PREPAID_DATA = (
-    ("accounts", "add", "bench", "--currency", "EUR", "--balance", "1000000000",
-     "--identities", "sipp"),
-    ("rates", "add", "default", "", "--currency", "EUR", "--per-minute", "0.01",
-     "--increments", "1/1"),
+PREPAID_ACCOUNTS = 1000
+PREPAID_RATE = (
+    "rates", "add", "default", "", "--currency", "EUR", "--per-minute", "0.01",
+    "--increments", "1/1",
 )  # fmt: skip
+
+
+def prepaid_caller(i: int) -> str:
+    return f"3310000{i:04d}"
 
 
 _PG: list[Any] = []  # the benchmark's PostgreSQL server, started on first use
@@ -187,6 +197,10 @@ class Twinline(Element):
     @property
     def config_path(self) -> Path:
         return self.directory / "twinline.toml"
+
+    @property
+    def callers(self) -> Path | None:
+        return self.directory / "callers.csv" if self.prepaid else None
 
     def prepare(self) -> None:
         servers = "".join(
@@ -231,16 +245,28 @@ target = "127.0.0.1:{self.callee_port}"
             self._seed_accounts()
 
     def _seed_accounts(self) -> None:
-        """The accounts table filled before the run, as an operator would (the command
-        creates the database)."""
-        for args in PREPAID_DATA:
+        """The rate and the accounts put in before the run, as an operator would (the
+        first command creates the database); the callers' file for SIPp."""
+        accounts = self.directory / "accounts.csv"
+        accounts.write_text(
+            "id,currency,balance,identities\n"
+            + "".join(
+                f"bench{i:04d},EUR,1000000000,{prepaid_caller(i)}\n"
+                for i in range(PREPAID_ACCOUNTS)
+            )
+        )
+        for args in (PREPAID_RATE, ("accounts", "import", str(accounts))):
             done = subprocess.run(
                 [sys.executable, "-m", "twinline", *args, "--config", str(self.config_path)],
-                capture_output=True, text=True, timeout=60, check=False,
+                capture_output=True, text=True, timeout=120, check=False,
                 env=self.environment(),
             )  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(f"twinline {' '.join(args)}: {done.stdout}{done.stderr}")
+        assert self.callers is not None
+        self.callers.write_text(
+            "SEQUENTIAL\n" + "".join(f"{prepaid_caller(i)}\n" for i in range(PREPAID_ACCOUNTS))
+        )
 
     def command(self) -> list[str]:
         return [

@@ -250,6 +250,28 @@ def throughput_scenario(directory: Path, hold_ms: int) -> Path:
     return path
 
 
+def with_callers(directory: Path, scenario: str, callers: Path) -> list[str]:
+    """The scenario with each call's caller (From) taken from ``callers``, a SIPp
+    injection file (``-inf``, a line per caller): the built-in ``uac`` as SIPp itself
+    prints it (``-sd uac``), or our throughput scenario; the messages are otherwise
+    the same."""
+    if scenario == "strict":
+        # SIPp exits with 99 after printing it.
+        dumped = subprocess.run(
+            [sipp_binary(), "-sd", "uac"], capture_output=True, text=True, check=False, timeout=10
+        )
+        text = dumped.stdout
+    else:
+        text = (directory / "uac_throughput.xml").read_text()
+    text, n = re.subn(r"From: sipp <sip:sipp@", "From: [field0] <sip:[field0]@", text)
+    if n == 0:
+        raise RuntimeError(f"no From header to give a caller in the {scenario} scenario")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"uac_{scenario}_callers.xml"
+    path.write_text(text)
+    return ["-sf", str(path), "-inf", str(callers)]
+
+
 def start_uac(
     directory: Path,
     target: str,
@@ -261,12 +283,14 @@ def start_uac(
     limit: int,
     time_limit_s: float,
     recv_timeout_ms: int = 5000,
+    callers: Path | None = None,
 ) -> SippRun:
     """Callers placing ``calls`` calls at ``rate``/s to ``target`` (HOST:PORT).
 
     ``scenario`` is "strict" (SIPp's built-in uac, with -d for the hold) or
     "throughput" (our scenario, the hold written into it). ``-recv_timeout`` fails a
     call that waits longer than that for a message that has no timer of its own.
+    With ``callers`` (an injection file), each call comes from the next caller in it.
     """
     from bench.util import free_port  # noqa: PLC0415 - kept next to its one use
 
@@ -276,6 +300,8 @@ def start_uac(
         chosen = ["-sf", str(throughput_scenario(directory, hold_ms))]
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
+    if callers is not None:
+        chosen = [*with_callers(directory, scenario, callers), *chosen[2:]]
     command = [
         sipp_binary(), target, *chosen, *_base(directory, free_port(), time_limit_s),
         "-m", str(calls), "-r", f"{rate:g}", "-rp", "1000", "-l", str(limit),
@@ -365,6 +391,7 @@ def establish(
     rate: float,
     hold_s: int,
     settle_timeout_s: float = 60.0,
+    callers: Path | None = None,
 ) -> tuple[SippRun, SippRun]:
     """A callee, and callers that place ``calls`` calls at ``rate``/s and hold them
     ``hold_s`` seconds; returns once every call is answered (or raises).
@@ -384,6 +411,7 @@ def establish(
         limit=calls,
         time_limit_s=limit_s,
         recv_timeout_ms=10000,
+        callers=callers,
     )
     deadline = time.monotonic() + calls / rate + settle_timeout_s
     count = 0

@@ -75,7 +75,7 @@ def one(
         idle = memory.reading(element.pids())
         uas, uac = load.establish(
             directory, element.address, element.callee_port,
-            calls=calls, rate=rate, hold_s=profile.long_hold_s,
+            calls=calls, rate=rate, hold_s=profile.long_hold_s, callers=element.callers,
         )  # fmt: skip
         time.sleep(memory.SETTLE_S)  # the last answers' checkpoints settle
         memory_result = None
@@ -121,11 +121,16 @@ def one(
         element.kill()  # thousands of live calls: no graceful handover wanted here
 
 
-def run_all(profile: Profile, out: Path, rate: float) -> dict[str, Any]:
-    basic = _runs(profile.takeover_runs, profile, out, rate, prepaid=False)
-    prepaid = _runs(profile.prepaid_takeover_runs, profile, out, rate, prepaid=True)
+def run_all(profile: Profile, out: Path, rates: dict[str, float]) -> dict[str, Any]:
+    """Each kind's calls are set up at its own ramp rate (`__main__.ramp_rates`)."""
+    basic = _runs(profile.takeover_runs, profile, out, rates["twinline"], prepaid=False)
+    prepaid = _runs(
+        profile.prepaid_takeover_runs, profile, out, rates["twinline-prepaid"], prepaid=True
+    )
     # On PostgreSQL: the counts of the prepaid runs (5,000 calls, the target's), basic calls.
-    postgres = _runs(profile.prepaid_takeover_runs, profile, out, rate, postgres=True)
+    postgres = _runs(
+        profile.prepaid_takeover_runs, profile, out, rates["twinline-pg"], postgres=True
+    )
     return {**basic, "prepaid": prepaid, "postgres": postgres}
 
 

@@ -285,8 +285,10 @@ def test_a_flooding_source_is_banned_while_another_callers_1000_calls_complete(
     # Past the 1,000 of its window, all of it dropped unread (the kernel drops some
     # before: the socket's buffer fills up faster than a loaded machine reads it).
     assert 1000 <= security["dropped"] <= 4000, security
-    # Answered (407, 401, statelessly: never again) until the ban, then nothing.
-    assert 0 < flooder.answers <= 1000, flooder.answers
+    # Answered (407, 401, statelessly: never again) until the ban, then nothing. The
+    # windows are fixed (flood.py): a flood that straddles the turn of one is answered
+    # up to the limit in each of the two (1,004 answers seen once on a loaded machine).
+    assert 0 < flooder.answers <= 2 * 1000, flooder.answers
     # Nothing of the flood reached the trunk; every legitimate call reached the PBX.
     assert calls_seen(trunk) == 0
     assert calls_seen(pbx) == 1000

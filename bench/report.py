@@ -538,9 +538,11 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         f"Each call is held {prof.get('hold_ms', 0) / 1000:g} s.",
         "- **Elements**: twinline (`twinline up`, a switch and 2 application servers, SQLite, "
         "log level warning; redundancy off with `[cluster] redundancy = false`; *prepaid*: "
-        "every call through the prepaid service, one account filled before the run, so each "
-        "call makes a reservation at the offer and a debit at the end and its CDR carries "
-        "the cost); Sippy B2BUA "
+        "every call through the prepaid service, from 1,000 callers in turn (SIPp's `-inf`), "
+        "each paying with an account of its own filled before the run, so each call makes a "
+        "reservation at the offer and a debit at the end and its CDR carries the cost; "
+        "*on PostgreSQL*: the same with a PostgreSQL the harness starts, fsync off as in the "
+        "tests); Sippy B2BUA "
         "(`b2bua_simple -n` to the callee, SIP logging off, its own virtual environment); "
         "Kamailio (`bench/kamailio/kamailio.cfg`: tm, sl, rr, maxfwd, `t_relay` to the callee, "
         "`children=1`, errors-only logging); SIPp calling SIPp directly.",

@@ -329,6 +329,18 @@ def test_the_longest_prefix_of_the_plan_rates_the_call(db: Db) -> None:
         assert gold is not None and gold.tariff.per_minute == D("0.01")
         assert sd.find_rate(tx, "gold", "44", "EUR") is None
         assert sd.find_rate(tx, "default", "33612", "USD") is None  # not the account's money
+        # The offer's one query: the paying account and the same rate, with its periods.
+        payer, rate = sd.payer_and_rate(tx, "+33612345678", identity="+33123456")
+        assert payer is not None and (payer.id, payer.status, payer.rate_plan) == (
+            "acme",
+            "active",
+            "default",
+        )
+        assert rate == mobile
+        assert sd.payer_and_rate(tx, "44207", account_id="acme")[1] == anywhere
+        assert sd.payer_and_rate(tx, "33612", identity="nobody") == (None, None)
+        dt.change(tx, dt.TABLES["accounts"], ["acme"], {"rate_plan": "gold"}, at=NOW)
+        assert sd.payer_and_rate(tx, "44", identity="alice")[1] is None  # gold has no 44
 
     tx_run(db, work)
 

@@ -5,6 +5,7 @@ nothing joins a transaction ahead of a write queued before it."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 from twinline.store.base import Tx
@@ -69,13 +70,19 @@ def op(name: str) -> Any:
     return fn
 
 
-def test_operations_queued_while_the_lock_is_awaited_join_the_transaction() -> None:
+def waiting_writer() -> tuple[LockedSession, Writer, Future[str]]:
+    """A writer whose first operation, `a`, waits for the lock (`session.unlock`)."""
     session = LockedSession()
     writer = Writer(lambda: session, name="test", flush_interval=60, batch_size=100)
     writer.start()
     writer.started.result(5)
     first = writer.submit("a", op("a"))
     assert session.waiting.wait(5)
+    return session, writer, first
+
+
+def test_operations_queued_while_the_lock_is_awaited_join_the_transaction() -> None:
+    session, writer, first = waiting_writer()
     later = [writer.submit(name, op(name)) for name in ("b", "c")]
     session.unlock.set()
     assert [f.result(5) for f in (first, *later)] == ["a", "b", "c"]
@@ -84,12 +91,7 @@ def test_operations_queued_while_the_lock_is_awaited_join_the_transaction() -> N
 
 
 def test_an_operation_queued_after_a_write_does_not_overtake_it() -> None:
-    session = LockedSession()
-    writer = Writer(lambda: session, name="test", flush_interval=60, batch_size=100)
-    writer.start()
-    writer.started.result(5)
-    first = writer.submit("a", op("a"))
-    assert session.waiting.wait(5)
+    session, writer, first = waiting_writer()
     writer.put(Write("INSERT w", (), "w"))
     after = writer.submit("b", op("b"))
     session.unlock.set()

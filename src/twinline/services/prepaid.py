@@ -9,12 +9,14 @@ The call's money touches the database twice, each time in one transaction applie
 exactly once (`ServiceCall.once`), so a standby that replays a run decides what the
 failed primary decided:
 
-- at the offer, ``reserve``: find the account and the destination's rate, and hold what
-  the available credit buys (at most `PrepaidConfig.hold_seconds` of talk) by one
-  guarded UPDATE, so parallel calls on one account never hold more than it has. The
-  result (the account, the rate, the hold, or a refusal) is kept in the call's state.
-  A card call reads the card first, checks its PIN off the event loop (scrypt), then
-  records the check and reserves in the same transaction;
+- at the offer, ``reserve``: hold what the available credit buys (at most
+  `PrepaidConfig.hold_seconds` of talk) by one guarded UPDATE, so parallel calls on one
+  account never hold more than it has. The account and the destination's rate are read
+  just before, outside the transaction (which holds the account's row, or on SQLite the
+  whole file, until it commits); the reservation reads the account's balance and status
+  again inside it. The result (the account, the rate, the hold, or a refusal) is kept
+  in the call's state. A card call reads the card first, checks its PIN off the event
+  loop (scrypt), then records the check and reserves in the same transaction;
 - at the release, ``debit``: rate the answered duration the switch measured and settle:
   the hold released and the cost debited, one ledger row, the CDR's cost.
 
@@ -39,17 +41,14 @@ from twinline.services.api import Service, ServiceCall
 from twinline.services.rating import Rate, authorize, billable_seconds, cost, duration_for
 from twinline.store.errors import StoreError
 from twinline.store.servicedata import (
-    Account,
-    Card,
     Cause,
     DataError,
+    PayingAccount,
     Refusal,
     Settlement,
     digits_of,
-    find_account,
     find_card,
-    find_rate,
-    get_account,
+    payer_and_rate,
     pin_checked,
     reserve,
     settle,
@@ -153,26 +152,28 @@ class Payer(msgspec.Struct, frozen=True, kw_only=True):
     rate: Rate
 
 
-def find_payer(tx: Tx, account: Account | None, destination: str) -> Payer | Refusal:
+def payer_for(
+    account: PayingAccount | None, rate: Rate | None, destination: str
+) -> Payer | Refusal:
     if account is None:
         return Refusal(cause=Cause.NO_ACCOUNT)
     if account.status != "active":
         return Refusal(cause=Cause.ACCOUNT_DISABLED, detail=account.status)
-    rate = find_rate(tx, account.rate_plan, destination, account.currency)
     if rate is None:
         return Refusal(cause=Cause.NO_RATE, detail=digits_of(destination))
     return Payer(account_id=account.id, currency=account.currency, rate=rate)
 
 
 def payer_of(identity: str, destination: str) -> Callable[[Tx], Payer | Refusal]:
-    return lambda tx: find_payer(tx, find_account(tx, identity), destination)
-
-
-def payer_of_card(card: Card | None, destination: str) -> Callable[[Tx], Payer | Refusal]:
     def read(tx: Tx) -> Payer | Refusal:
-        if card is None:
-            return Refusal(cause=Cause.UNKNOWN_CARD)
-        return find_payer(tx, get_account(tx, card.account_id), destination)
+        return payer_for(*payer_and_rate(tx, destination, identity=identity), destination)
+
+    return read
+
+
+def payer_of_account(account_id: str, destination: str) -> Callable[[Tx], Payer | Refusal]:
+    def read(tx: Tx) -> Payer | Refusal:
+        return payer_for(*payer_and_rate(tx, destination, account_id=account_id), destination)
 
     return read
 
@@ -214,7 +215,7 @@ def reserve_for_card(
         paying = payer
         if isinstance(paying, Payer) and paying.account_id != login.account_id:
             # The card moved to another account since it was read: read that one.
-            paying = find_payer(tx, get_account(tx, login.account_id), offer.destination)
+            paying = payer_of_account(login.account_id, offer.destination)(tx)
         granted = _authorize(tx, paying, offer)
         if isinstance(granted, Grant):
             return msgspec.structs.replace(granted, card=card)
@@ -274,7 +275,11 @@ class Prepaid(Service[PrepaidState]):
                 correct = found is not None and await asyncio.to_thread(
                     verify_pin, found.pin_hash, dial.pin
                 )
-                payer = await call.read(payer_of_card(found, offer.destination))
+                payer = (
+                    Refusal(cause=Cause.UNKNOWN_CARD)
+                    if found is None
+                    else await call.read(payer_of_account(found.account_id, offer.destination))
+                )
                 effect = reserve_for_card(dial.card, correct, payer, offer)
             outcome = await call.once("reserve", effect, returns=Grant | Refusal)  # type: ignore[arg-type]
         except StoreError:

@@ -74,6 +74,7 @@ class PgSettings:
 
     url: str
     pool_size: int = 4  # connections for reads; the writer has its own
+    effect_writers: int = 4  # connections writing services' side effects (`Backend`)
     connect_timeout: float = 5.0  # seconds per host tried
     statement_timeout: float = 30.0  # seconds; a statement running longer is cancelled
     sslmode: str | None = None  # libpq's sslmode; None: the URL's, else libpq's default
@@ -193,6 +194,10 @@ class PgSession(Session):
     def commit(self) -> None:
         self.conn.execute("COMMIT")
 
+    def next_savepoint(self) -> None:
+        # Both in one round trip (no parameters: the simple query protocol allows two).
+        self.conn.execute("RELEASE SAVEPOINT one_op; SAVEPOINT one_op")
+
     def execute_batch(self, writes: Sequence[Write]) -> int:
         # Pipeline mode: every statement of the batch goes out before any answer is
         # read, one round trip for the batch rather than one per write.
@@ -228,6 +233,7 @@ class PgSession(Session):
 class PgBackend(Backend):
     def __init__(self, settings: PgSettings) -> None:
         self.settings = settings
+        self.effect_writers = settings.effect_writers
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -246,7 +252,6 @@ class PgBackend(Backend):
             max_size=self.settings.pool_size,
             open=False,
             configure=configure,
-            check=ConnectionPool.check_connection,  # a connection a restart killed is replaced
             timeout=self.settings.connect_timeout,
             name="twinline-reads",
         )
@@ -270,21 +275,30 @@ class PgBackend(Backend):
         return await asyncio.get_running_loop().run_in_executor(readers, self._read, fn)
 
     def _read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` on a pooled connection. A connection found dead (a server restart, a
+        failover) is dropped by the pool and `fn` run again on another, until every
+        connection the pool had was tried: reads may be repeated, and checking each
+        connection as it is taken would cost every read a round trip."""
         pool = self._pool
         if pool is None:
             raise StoreError("the store is not open")
-        try:
-            with pool.connection() as conn:
-                try:
-                    return fn(_PgTx(conn))
-                finally:
-                    conn.rollback()
-        except PoolTimeout as e:
-            raise StoreUnavailable(f"query: no database connection: {e}") from e
-        except psycopg.Error as e:
-            if _is_lost(e):
-                raise StoreUnavailable(f"query: the database is unreachable: {e}") from e
-            raise StoreError(f"query failed: {e}") from e
+        attempts = self.settings.pool_size + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with pool.connection() as conn:
+                    try:
+                        return fn(_PgTx(conn))
+                    finally:
+                        if not conn.broken:
+                            conn.rollback()
+            except PoolTimeout as e:
+                raise StoreUnavailable(f"query: no database connection: {e}") from e
+            except psycopg.Error as e:
+                if not _is_lost(e):
+                    raise StoreError(f"query failed: {e}") from e
+                if attempt == attempts:
+                    raise StoreUnavailable(f"query: the database is unreachable: {e}") from e
+        raise AssertionError("unreachable")
 
     async def close_reads(self) -> None:
         pool, self._pool = self._pool, None

@@ -248,6 +248,28 @@ def find_account(tx: Tx, identity: str) -> Account | None:
     return None if row is None else _account(tx, row)
 
 
+class PayingAccount(msgspec.Struct, frozen=True, kw_only=True):
+    """What the offer of a prepaid call needs of the account that pays for it."""
+
+    id: str
+    currency: str
+    status: AccountStatus
+    rate_plan: str
+
+
+def _payer(row: Row | None) -> PayingAccount | None:
+    if row is None:
+        return None
+    status = _str(row, "status")
+    assert status in ("active", "suspended", "closed")
+    return PayingAccount(
+        id=_str(row, "id"),
+        currency=_str(row, "currency"),
+        status=status,  # type: ignore[arg-type]  # checked above
+        rate_plan=_str(row, "rate_plan"),
+    )
+
+
 def list_accounts(tx: Tx) -> list[Account]:
     rows = tx.fetchall(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
     return [_account(tx, r) for r in rows]
@@ -756,14 +778,17 @@ _RATE_COLUMNS = (
 
 
 def _rate(tx: Tx, row: Row) -> Rate:
-    plan, prefix = _str(row, "plan"), _str(row, "prefix")
     periods = tx.fetchall(
         "SELECT days, start_minute, end_minute, connect_fee, per_minute FROM rate_periods"
         " WHERE plan = ? AND prefix = ? ORDER BY step",
-        (plan, prefix),
+        (_str(row, "plan"), _str(row, "prefix")),
     )
+    return _rate_of(row, periods)
+
+
+def _rate_of(row: Row, periods: Sequence[Row]) -> Rate:
     return Rate(
-        prefix=prefix,
+        prefix=_str(row, "prefix"),
         currency=_str(row, "currency"),
         time_zone=_str(row, "time_zone"),
         description=_str(row, "description"),
@@ -794,13 +819,69 @@ def find_rate(tx: Tx, plan: str, destination: str, currency: str) -> Rate | None
     """The plan's rate in `currency` (the account's) whose prefix is the longest that
     starts `destination` (an empty prefix matches every destination), or None."""
     prefixes = _prefixes(destination)
-    row = tx.fetchone(
-        f"SELECT {_RATE_COLUMNS} FROM rates"
+    # One query, the rate with its periods (a call's offer waits for it).
+    rows = tx.fetchall(
+        f"SELECT r.*, p.days, p.start_minute, p.end_minute, p.connect_fee AS period_fee,"
+        f" p.per_minute AS period_per_minute FROM (SELECT {_RATE_COLUMNS} FROM rates"
         f" WHERE plan = ? AND currency = ? AND prefix IN ({', '.join('?' * len(prefixes))})"
-        " ORDER BY LENGTH(prefix) DESC LIMIT 1",
+        " ORDER BY LENGTH(prefix) DESC LIMIT 1) r"
+        " LEFT JOIN rate_periods p ON p.plan = r.plan AND p.prefix = r.prefix ORDER BY p.step",
         (plan, currency, *prefixes),
     )
-    return None if row is None else _rate(tx, row)
+    if not rows:
+        return None
+    periods = [
+        {**row, "connect_fee": row["period_fee"], "per_minute": row["period_per_minute"]}
+        for row in rows
+        if row["days"] is not None
+    ]
+    return _rate_of(rows[0], periods)
+
+
+def payer_and_rate(
+    tx: Tx, destination: str, *, identity: str | None = None, account_id: str | None = None
+) -> tuple[PayingAccount | None, Rate | None]:
+    """The account that pays (`find_payer` for `identity`, or `get_payer`) and its rate for
+    `destination` (`find_rate` on its plan, in its currency), in one query: a prepaid
+    call's offer waits for it."""
+    if (identity is None) == (account_id is None):
+        raise ValueError("an identity or an account id please")
+    prefixes = _prefixes(destination)
+    by_identity = "(SELECT account_id FROM account_identities WHERE identity = ?)"
+    which = "?" if identity is None else by_identity
+    rate_columns = ", ".join(f"r.{c.strip()}" for c in _RATE_COLUMNS.split(","))
+    rows = tx.fetchall(
+        "SELECT a.id AS account_id, a.currency AS account_currency,"
+        f" a.status AS account_status, a.rate_plan AS account_plan, {rate_columns},"
+        " p.days, p.start_minute, p.end_minute, p.connect_fee AS period_fee,"
+        " p.per_minute AS period_per_minute"
+        " FROM accounts a LEFT JOIN rates r ON r.plan = a.rate_plan AND r.currency = a.currency"
+        " AND r.prefix = (SELECT q.prefix FROM rates q WHERE q.plan = a.rate_plan"
+        f" AND q.currency = a.currency AND q.prefix IN ({', '.join('?' * len(prefixes))})"
+        " ORDER BY LENGTH(q.prefix) DESC LIMIT 1)"
+        " LEFT JOIN rate_periods p ON p.plan = r.plan AND p.prefix = r.prefix"
+        f" WHERE a.id = {which} ORDER BY p.step",
+        (*prefixes, identity.removeprefix("+") if identity is not None else account_id),
+    )
+    if not rows:
+        return None, None
+    first = rows[0]
+    payer = _payer(
+        {
+            "id": first["account_id"],
+            "currency": first["account_currency"],
+            "status": first["account_status"],
+            "rate_plan": first["account_plan"],
+        }
+    )
+    if first["prefix"] is None:
+        return payer, None
+    periods = [
+        {**row, "connect_fee": row["period_fee"], "per_minute": row["period_per_minute"]}
+        for row in rows
+        if row["days"] is not None
+    ]
+    return payer, _rate_of(first, periods)
 
 
 def list_rates(tx: Tx, plan: str | None = None) -> list[tuple[str, Rate]]:

@@ -118,6 +118,11 @@ class Session(abc.ABC):
     def release_savepoint(self) -> None:
         self.tx.execute("RELEASE SAVEPOINT one_op")
 
+    def next_savepoint(self) -> None:
+        """Release the savepoint and set a new one (for the next operation of a group)."""
+        self.release_savepoint()
+        self.savepoint()
+
 
 def jittered_backoff(attempt: int, base: float = 0.005, cap: float = 0.2) -> None:
     """Sleep a random time that grows with `attempt`, so conflicting writers spread out."""
@@ -237,6 +242,16 @@ class Writer:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._queue.put(_Barrier(future, stop))
         return future
+
+    @property
+    def refusing(self) -> str | None:
+        """Why immediate operations are refused now (writes wait for the database), or
+        None; read from any thread, as of a moment ago."""
+        if self._backlog:
+            return f"the database is unreachable ({self._held} writes wait for it)"
+        if time.monotonic() < self._ops_refused_until:
+            return "the database was unreachable a moment ago"
+        return None
 
     @property
     def stats(self) -> StoreStats:
@@ -554,8 +569,11 @@ class Writer:
                 if not started_ops:
                     started_ops = True
                     ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
-                for op in ops:
-                    session.savepoint()
+                for i, op in enumerate(ops):
+                    if i == 0:
+                        session.savepoint()
+                    else:
+                        session.next_savepoint()  # COMMIT releases the last one
                     try:
                         outcomes.append((True, op.fn(session.tx)))
                     except Exception as e:
@@ -564,7 +582,6 @@ class Writer:
                             raise _GroupFailed(cause, failure) from e
                         session.rollback_to_savepoint()
                         outcomes.append((False, self._op_error(session, op, e)))
-                    session.release_savepoint()
                 committing = True
                 session.commit()
             except Exception as e:  # noqa: BLE001 - handed to the callers, who raise it

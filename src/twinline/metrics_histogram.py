@@ -41,15 +41,6 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def plus(self, other: Histogram) -> Histogram:
-        """A new histogram of both one's observations (the same bounds)."""
-        if other.bounds != self.bounds:
-            raise ValueError("only histograms with the same bounds add up")
-        both = Histogram(self.bounds)
-        both.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
-        both.total, both.count = self.total + other.total, self.count + other.count
-        return both
-
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, observations at or below it) as Prometheus wants them."""
         out: list[tuple[str, int]] = []

@@ -12,7 +12,6 @@ import abc
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import TypeVar
@@ -39,13 +38,6 @@ T = TypeVar("T")
 
 class Backend(abc.ABC):
     """What one database engine gives the store."""
-
-    # Writers for services' side effects (`once`, `once_with`, `claim`) beside the one
-    # for everything else, each on a connection of its own; a call's effects always go
-    # to the same one, in order. PostgreSQL runs their transactions side by side, so a
-    # process's effects are not all queued behind one connection's round trips; SQLite
-    # would only queue them on its file lock: none there.
-    effect_writers: int = 0
 
     @abc.abstractmethod
     def connect(self) -> Session:
@@ -79,8 +71,6 @@ class WriterStore(Store):
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self._writer: Writer | None = None
-        self._effects: list[Writer] = []  # started with the first effect (a switch has none)
-        self._effects_starting = asyncio.Lock()
         self._last_stats = StoreStats()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -119,25 +109,21 @@ class WriterStore(Store):
         try:
             await self._backend.open_reads()
         except BaseException:
-            await _stop([writer])
+            await asyncio.wrap_future(writer.barrier(stop=True))
             raise
         self._writer = writer
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
-        effects, self._effects = self._effects, []
         if writer is not None:
-            # Each stops once everything queued before is committed and its connection
-            # closed: the effects first (nothing queued after them depends on them).
-            await _stop([*effects, writer])
-            self._last_stats = _sum_stats([writer, *effects])
+            # Stops once everything queued before is committed and the connection closed.
+            await asyncio.wrap_future(writer.barrier(stop=True))
+            self._last_stats = writer.stats
             await self._backend.close_reads()
 
     @property
     def stats(self) -> StoreStats:
-        if self._writer is None:
-            return self._last_stats
-        return _sum_stats([self._writer, *self._effects])
+        return self._writer.stats if self._writer is not None else self._last_stats
 
     def _open_writer(self) -> Writer:
         writer = self._writer
@@ -229,46 +215,9 @@ class WriterStore(Store):
     async def transaction(self, what: str, fn: Callable[[Tx], T]) -> T:
         return await asyncio.wrap_future(self._open_writer().submit(what, fn))
 
-    async def _effect(self, call_id: str, what: str, fn: Callable[[Tx], T]) -> T:
-        """A side effect of call `call_id`: on its effect writer, if there are some."""
-        if not self._backend.effect_writers:
-            return await self.transaction(what, fn)
-        refusing = self._open_writer().refusing
-        if refusing is not None:
-            # As the main writer refuses its own: at once, so that a service answers now.
-            raise StoreUnavailable(f"{what}: {refusing}")
-        if not self._effects:
-            async with self._effects_starting:
-                if not self._effects:
-                    self._effects = await self._start_effect_writers()
-        writer = self._effects[zlib.crc32(call_id.encode()) % len(self._effects)]
-        if not writer.running:
-            raise StoreClosed(f"{self!r}: an effect writer stopped after an error (see the log)")
-        return await asyncio.wrap_future(writer.submit(what, fn))
-
-    async def _start_effect_writers(self) -> list[Writer]:
-        writers: list[Writer] = []
-        try:
-            for i in range(self._backend.effect_writers):
-                writer = Writer(
-                    self._backend.connect,  # the main writer brought the schema up to date
-                    name=f"{self._name}#effects-{i + 1}",
-                    flush_interval=self.flush_interval,
-                    batch_size=self.batch_size,
-                )
-                writer.start()
-                writers.append(writer)
-                await asyncio.wrap_future(writer.started)
-        except BaseException:
-            await _stop([w for w in writers if w.running])
-            raise
-        return writers
-
     async def claim(self, key: str, call_id: str, kind: str, *, result: str | None = None) -> bool:
         params = (key, call_id, kind, time.time(), result)
-        return await self._effect(
-            call_id, f"claim {key}", lambda tx: tx.execute(sql.CLAIM, params) == 1
-        )
+        return await self.transaction(f"claim {key}", lambda tx: tx.execute(sql.CLAIM, params) == 1)
 
     async def once(
         self,
@@ -293,7 +242,7 @@ class WriterStore(Store):
                     raise StoreError(f"side effect {key}: statement {i} failed: {e}") from e
             return True
 
-        return await self._effect(call_id, f"side effect {key}", once)
+        return await self.transaction(f"side effect {key}", once)
 
     async def once_with(
         self, key: str, call_id: str, kind: str, effect: Callable[[Tx], str | None]
@@ -309,7 +258,7 @@ class WriterStore(Store):
                 tx.execute(sql.STORE_RESULT, (result, key))
             return OnceOutcome(applied=True, result=result)
 
-        return await self._effect(call_id, f"side effect {key}", once)
+        return await self.transaction(f"side effect {key}", once)
 
     async def save_checkpoint(self, call_id: str, epoch: int, version: int, data: bytes) -> bool:
         params = (call_id, epoch, version, data, time.time())
@@ -479,17 +428,3 @@ def _role(value: str) -> Role:
     if value == "standby":
         return "standby"
     raise StoreError(f"call_placements: unknown role {value!r}")
-
-
-async def _stop(writers: Sequence[Writer]) -> None:
-    for writer in writers:
-        await asyncio.wrap_future(writer.barrier(stop=True))
-
-
-def _sum_stats(writers: Sequence[Writer]) -> StoreStats:
-    """The writers' counters added up (the first's pending and held: the others hold
-    no batched writes)."""
-    total = writers[0].stats
-    for writer in writers[1:]:
-        total = total.plus(writer.stats)
-    return total

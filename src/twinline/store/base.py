@@ -97,21 +97,6 @@ class StoreStats:
     batch_time: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
     ops_time: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
 
-    def plus(self, other: StoreStats) -> StoreStats:
-        """Both writers' counters together (a store with several writers)."""
-        return StoreStats(
-            batches=self.batches + other.batches,
-            writes=self.writes + other.writes,
-            rows=self.rows + other.rows,
-            retries=self.retries + other.retries,
-            errors=self.errors + other.errors,
-            dropped=self.dropped + other.dropped,
-            pending=self.pending + other.pending,
-            held=self.held + other.held,
-            batch_time=self.batch_time.plus(other.batch_time),
-            ops_time=self.ops_time.plus(other.ops_time),
-        )
-
 
 class Store(abc.ABC):
     """The database of call-specific information and, later, service data."""

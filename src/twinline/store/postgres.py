@@ -74,7 +74,6 @@ class PgSettings:
 
     url: str
     pool_size: int = 4  # connections for reads; the writer has its own
-    effect_writers: int = 4  # connections writing services' side effects (`Backend`)
     connect_timeout: float = 5.0  # seconds per host tried
     statement_timeout: float = 30.0  # seconds; a statement running longer is cancelled
     sslmode: str | None = None  # libpq's sslmode; None: the URL's, else libpq's default
@@ -233,7 +232,6 @@ class PgSession(Session):
 class PgBackend(Backend):
     def __init__(self, settings: PgSettings) -> None:
         self.settings = settings
-        self.effect_writers = settings.effect_writers
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
 

@@ -244,16 +244,6 @@ class Writer:
         return future
 
     @property
-    def refusing(self) -> str | None:
-        """Why immediate operations are refused now (writes wait for the database), or
-        None; read from any thread, as of a moment ago."""
-        if self._backlog:
-            return f"the database is unreachable ({self._held} writes wait for it)"
-        if time.monotonic() < self._ops_refused_until:
-            return "the database was unreachable a moment ago"
-        return None
-
-    @property
     def stats(self) -> StoreStats:
         with self._stats_lock:
             return replace(self._stats, pending=self._queue.qsize(), held=self._held)

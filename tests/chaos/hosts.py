@@ -221,9 +221,6 @@ target = "{self.hosts.own_address}:{self.callee_port}"
                 parts.append(f"--- {name} ---\n" + path.read_text(errors="replace"))
         return "\n".join(parts)
 
-    def full_log(self) -> str:
-        return self.log()
-
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url, password=self.database.password) as conn:
             return conn.execute(render(sql, "postgresql"), params).fetchall()

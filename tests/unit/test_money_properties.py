@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twinline.store import Row, SqlValue
 from twinline.store import servicedata as sd
 from twinline.store.schema import MIGRATIONS, statements_for
+from twinline.store.sql import render
 
 T = TypeVar("T")
 ACCOUNTS = ("a", "b")
@@ -30,17 +31,21 @@ class ConnTx:
         self.conn = conn
 
     def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
-        return self.conn.execute(sql, tuple(params)).rowcount
+        return self.conn.execute(render(sql, "sqlite"), tuple(params)).rowcount
 
     def fetchone(self, sql: str, params: Sequence[SqlValue] = ()) -> Row | None:
-        cur = self.conn.execute(sql, tuple(params))
+        cur = self.conn.execute(render(sql, "sqlite"), tuple(params))
         row = cur.fetchone()
         return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
     def fetchall(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
-        cur = self.conn.execute(sql, tuple(params))
+        cur = self.conn.execute(render(sql, "sqlite"), tuple(params))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def send(self, sql: str, params: Sequence[SqlValue] = (), *, expect: int | None = None) -> None:
+        changed = self.execute(sql, params)
+        assert expect is None or changed == expect, (sql, changed, expect)
 
 
 class Money(RuleBasedStateMachine):

@@ -35,6 +35,7 @@ from twinline.store import (
     StoreClosed,
     StoreError,
     Tx,
+    UnexpectedRows,
     migrate,
 )
 from twinline.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -358,6 +359,56 @@ def test_operations_queued_together_fail_alone(db: Db) -> None:
                 assert await store.side_effect(f"call-{i}/debit/1") is not None
             for i in (failed[0], failed[-1]):
                 assert await store.side_effect(f"call-{i}/debit/1") is None
+
+    run(main())
+
+
+def test_a_sent_statement_fails_its_own_operation(db: Db) -> None:
+    # `Tx.send` may defer a statement (PostgreSQL sends it with the next that waits, or
+    # when the operation returns): its error still fails that operation alone, with its
+    # key, and so does a row count other than the one it expected.
+    def debit_one(tx: Tx) -> str:
+        tx.send(DEBIT, (1, "acct-1"))
+        return "debited"
+
+    def expect_a_row(tx: Tx) -> str:
+        tx.send(DEBIT, (1, "no-such-purse"), expect=1)
+        return "debited"
+
+    async def main() -> None:
+        async with db.store() as store:
+            db.create_accounts(100)
+            outcomes = await asyncio.gather(
+                *(store.once_with(f"c{i}/debit", f"c{i}", "debit", debit_one) for i in range(150)),
+                store.once_with("c-none/debit", "c-none", "debit", expect_a_row),
+                return_exceptions=True,
+            )
+            applied = [i for i, o in enumerate(outcomes[:150]) if not isinstance(o, Exception)]
+            failed = [i for i, o in enumerate(outcomes[:150]) if isinstance(o, StoreError)]
+            assert (len(applied), len(failed)) == (100, 50)
+            assert all(re.search("(?i)check", str(outcomes[i])) for i in failed)
+            assert isinstance(outcomes[150], UnexpectedRows)
+            assert "changed 0 rows, not 1" in str(outcomes[150])
+            assert db.balance() == 0
+            assert await store.side_effect(f"c{applied[-1]}/debit") is not None
+            for key in (f"c{failed[0]}/debit", "c-none/debit"):
+                assert await store.side_effect(key) is None
+
+    run(main())
+
+
+def test_a_read_of_several_statements_reads_them_all(db: Db) -> None:
+    # PostgreSQL runs a read's first statement alone and, when a second comes, the whole
+    # read again in one transaction: the caller sees every statement's rows once.
+    def two(tx: Tx) -> tuple[object, object]:
+        first = tx.fetchone("SELECT balance FROM test_purses WHERE id = ?", ("acct-1",))
+        both = tx.fetchall("SELECT id FROM test_purses ORDER BY id")
+        return first, both
+
+    async def main() -> None:
+        async with db.store() as store:
+            db.create_accounts(7)
+            assert await store.read(two) == ({"balance": 7}, [{"id": "acct-1"}])
 
     run(main())
 

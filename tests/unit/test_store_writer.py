@@ -28,6 +28,9 @@ class _Tx:
     def fetchall(self, sql: str, params: Any = ()) -> list[dict[str, SqlValue]]:
         return []
 
+    def send(self, sql: str, params: Any = (), *, expect: int | None = None) -> None:
+        self.execute(sql, params)
+
 
 class LockedSession(Session):
     """`begin` waits until `unlock` is set, as a writer waits for another process's lock."""

@@ -26,6 +26,7 @@ from twinline.store.errors import (
     StoreClosed,
     StoreError,
     StoreUnavailable,
+    UnexpectedRows,
     display_url,
 )
 from twinline.store.records import (
@@ -65,6 +66,7 @@ __all__ = [
     "StoreStats",
     "StoreUnavailable",
     "Tx",
+    "UnexpectedRows",
     "display_url",
     "open_store",
     "pg_settings",

@@ -255,7 +255,7 @@ class WriterStore(Store):
                 return OnceOutcome(applied=False, result=_opt_str(row, "result"))
             result = effect(tx)
             if result is not None:
-                tx.execute(sql.STORE_RESULT, (result, key))
+                tx.send(sql.STORE_RESULT, (result, key), expect=1)
             return OnceOutcome(applied=True, result=result)
 
         return await self.transaction(f"side effect {key}", once)

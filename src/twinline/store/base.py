@@ -70,6 +70,13 @@ class Tx(Protocol):
         """Every row of a query."""
         ...
 
+    def send(self, sql: str, params: Sequence[SqlValue] = (), *, expect: int | None = None) -> None:
+        """Run a statement whose result nothing reads. A backend may send it without
+        waiting for its answer, with the next statement that waits or at the end of the
+        operation (PostgreSQL: one round trip for all of them), so its error, or a row
+        count other than `expect`, may be raised there rather than here."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class OnceOutcome:

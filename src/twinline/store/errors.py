@@ -42,3 +42,10 @@ class StoreUnavailable(StoreError):
 
     Raised at once by immediate operations, so that a service can answer 503 while
     batched writes wait for the database to come back."""
+
+
+class UnexpectedRows(StoreError):
+    """A statement sent with `Tx.send(..., expect=N)` changed another number of rows."""
+
+    def __init__(self, sql: str, changed: int, expect: int) -> None:
+        super().__init__(f"{' '.join(sql.split())[:120]}: changed {changed} rows, not {expect}")

@@ -45,7 +45,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from twinline.store.backend import Backend, WriterStore
 from twinline.store.base import Row, Tx
-from twinline.store.errors import StoreError, StoreUnavailable, display_url
+from twinline.store.errors import StoreError, StoreUnavailable, UnexpectedRows, display_url
 from twinline.store.records import SqlValue
 from twinline.store.sql import render
 from twinline.store.writer import Failure, Session, Write
@@ -118,24 +118,96 @@ def password_from(password_file: str | None) -> str | None:
 
 
 class _PgTx:
-    """`Tx` over a psycopg connection: rows by column name."""
+    """`Tx` over a psycopg connection: rows by column name.
 
-    __slots__ = ("_cur",)
+    Statements given to `send` wait in a list and go out in pipeline mode ahead of the
+    next statement whose answer is needed (or at `flush`): one round trip for all of
+    them. A round trip costs both processes a wake-up and a few system calls, which on
+    small hosts is most of what a short statement costs (bench/pg_roundtrip.py)."""
+
+    __slots__ = ("_conn", "_cur", "_deferred")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
         self._cur: psycopg.Cursor[DictRow] = conn.cursor(row_factory=dict_row)
+        self._deferred: list[tuple[str, tuple[SqlValue, ...], int | None]] = []
 
     def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
-        self._cur.execute(render(sql, "postgresql"), tuple(params))
+        self._run(sql, params)
         return self._cur.rowcount
 
     def fetchone(self, sql: str, params: Sequence[SqlValue] = ()) -> Row | None:
-        self._cur.execute(render(sql, "postgresql"), tuple(params))
+        self._run(sql, params)
         return self._cur.fetchone()
 
     def fetchall(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
-        self._cur.execute(render(sql, "postgresql"), tuple(params))
+        self._run(sql, params)
         return list(self._cur.fetchall())
+
+    def send(self, sql: str, params: Sequence[SqlValue] = (), *, expect: int | None = None) -> None:
+        self._deferred.append((sql, tuple(params), expect))
+
+    def flush(self) -> None:
+        """Run the statements `send` deferred, if any; raise the first one's error."""
+        if self._deferred:
+            self._run(None, ())
+
+    def discard(self) -> None:
+        """Forget the deferred statements (the transaction is rolled back)."""
+        self._deferred.clear()
+
+    def discard_after(self, sql: str) -> None:
+        """Forget the deferred statements after the last `sql` (a savepoint rolled back to)."""
+        for i in range(len(self._deferred) - 1, -1, -1):
+            if self._deferred[i][0] == sql:
+                del self._deferred[i + 1 :]
+                return
+
+    def _run(self, sql: str | None, params: Sequence[SqlValue]) -> None:
+        if not self._deferred:
+            assert sql is not None
+            self._cur.execute(render(sql, "postgresql"), tuple(params))
+            return
+        deferred, self._deferred = self._deferred, []
+        sent: list[tuple[psycopg.Cursor[Any], str, int | None]] = []
+        # Leaving the block sends a Sync and reads every answer; the first error is
+        # raised there, and the server skips whatever came after it.
+        with self._conn.pipeline():
+            for statement, args, expect in deferred:
+                sent.append(
+                    (self._conn.execute(render(statement, "postgresql"), args), statement, expect)
+                )
+            if sql is not None:
+                self._cur.execute(render(sql, "postgresql"), tuple(params))
+        for cur, statement, expect in sent:
+            if expect is not None and cur.rowcount != expect:
+                raise UnexpectedRows(statement, cur.rowcount, expect)
+
+
+_READ_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+class _SnapshotNeeded(Exception):
+    """A read ran a second statement: it is run again in a transaction."""
+
+
+class _FirstStatementTx(_PgTx):
+    """A read's first try: most reads are one statement, which sees one snapshot on its
+    own (autocommit), so it needs no transaction and costs one round trip, not three.
+    A second statement raises `_SnapshotNeeded`, and the read is run again in a
+    REPEATABLE READ transaction, where every statement sees the same snapshot."""
+
+    __slots__ = ("_ran",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(conn)
+        self._ran = False
+
+    def _run(self, sql: str | None, params: Sequence[SqlValue]) -> None:
+        if self._ran:
+            raise _SnapshotNeeded
+        self._ran = True
+        super()._run(sql, params)
 
 
 def _is_lost(error: BaseException) -> bool:
@@ -177,7 +249,7 @@ class PgSession(Session):
     def begin(self) -> None:
         if self._lost or self.conn.closed or self.conn.broken:
             self._reconnect()
-        self.conn.execute("BEGIN")
+        self._tx.send("BEGIN")  # with the transaction's first statement
 
     def _reconnect(self) -> None:
         self.conn.close()
@@ -191,20 +263,37 @@ class PgSession(Session):
         )
 
     def commit(self) -> None:
-        self.conn.execute("COMMIT")
+        self._tx.send("COMMIT")
+        self._tx.flush()
 
-    def next_savepoint(self) -> None:
-        # Both in one round trip (no parameters: the simple query protocol allows two).
-        self.conn.execute("RELEASE SAVEPOINT one_op; SAVEPOINT one_op")
+    # Savepoints go out with the operation's first statement that waits.
+    def savepoint(self) -> None:
+        self._tx.send("SAVEPOINT one_op")
 
-    def execute_batch(self, writes: Sequence[Write]) -> int:
-        # Pipeline mode: every statement of the batch goes out before any answer is
-        # read, one round trip for the batch rather than one per write.
+    def release_savepoint(self) -> None:
+        self._tx.send("RELEASE SAVEPOINT one_op")
+
+    def rollback_to_savepoint(self) -> None:
+        self._tx.discard_after("SAVEPOINT one_op")  # what the operation sent: undone anyway
+        self._tx.execute("ROLLBACK TO SAVEPOINT one_op")
+
+    def end_op(self) -> None:
+        self._tx.flush()
+
+    def write_batch(self, writes: Sequence[Write]) -> int:
+        # Pipeline mode: BEGIN, every write and COMMIT go out before any answer is read,
+        # one round trip for the batch. After an error the server skips the rest, COMMIT
+        # included, and the error is raised here.
+        if self._lost or self.conn.closed or self.conn.broken:
+            self._reconnect()
         with self.conn.pipeline():
+            self.conn.execute("BEGIN")
             cursors = [self.conn.execute(render(w.sql, "postgresql"), w.params) for w in writes]
+            self.conn.execute("COMMIT")
         return sum(max(c.rowcount, 0) for c in cursors)
 
     def rollback(self) -> None:
+        self._tx.discard()
         if self._lost or self.conn.closed or self.conn.broken:
             return
         if self.conn.info.transaction_status == TransactionStatus.IDLE:
@@ -240,8 +329,8 @@ class PgBackend(Backend):
 
     async def open_reads(self) -> None:
         def configure(conn: psycopg.Connection[Any]) -> None:
-            conn.read_only = True
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.autocommit = True  # `_read` begins a transaction when one is needed
+            conn.execute("SET default_transaction_read_only = on")
 
         pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self.settings.url,
@@ -285,10 +374,15 @@ class PgBackend(Backend):
             try:
                 with pool.connection() as conn:
                     try:
+                        return fn(_FirstStatementTx(conn))
+                    except _SnapshotNeeded:
+                        pass
+                    conn.execute(_READ_SNAPSHOT)
+                    try:
                         return fn(_PgTx(conn))
                     finally:
                         if not conn.broken:
-                            conn.rollback()
+                            conn.execute("ROLLBACK")
             except PoolTimeout as e:
                 raise StoreUnavailable(f"query: no database connection: {e}") from e
             except psycopg.Error as e:

@@ -574,11 +574,25 @@ def open_reservations(tx: Tx, account_id: str | None = None) -> list[Reservation
     return [_reservation(r) for r in rows]
 
 
-# How many times a reservation reads the account again after a concurrent change made
-# its guarded UPDATE miss (PostgreSQL only: on SQLite nothing runs in between).
-_RESERVE_ATTEMPTS = 5
-
 Amount = Decimal | Callable[[Decimal], Decimal | None]
+
+# The account (locked: concurrent reservations and settlements of the account queue
+# here, each reading what the previous one committed) and the call's reservation if it
+# has one, in one round trip.
+_RESERVE_READ = """
+SELECT a.status, a.balance, a.reserved, a.credit_limit, a.max_calls, a.open_calls,
+       r.account_id AS reserved_on, r.amount AS held, r.created_at AS reserved_at,
+       r.released_at
+FROM accounts a LEFT JOIN reservations r ON r.call_id = ?
+WHERE a.id = ? FOR UPDATE OF a
+"""
+# The guards below hold by construction (the rows are locked, or on SQLite the file):
+# sent with `expect=1`, a broken one fails the operation rather than pass unseen.
+_HOLD = """
+UPDATE accounts SET reserved = reserved + ?, open_calls = open_calls + ?
+WHERE id = ? AND status = 'active' AND balance + credit_limit - reserved >= ?
+  AND (? = 0 OR max_calls IS NULL OR open_calls < max_calls)
+"""
 
 
 def reserve(
@@ -592,73 +606,63 @@ def reserve(
     not count as another call).
     """
     # Lean on purpose: this runs inside the offer's transaction, which holds the
-    # account's row (PostgreSQL) or the whole file (SQLite) until it commits.
-    existing = tx.fetchone(
-        "SELECT account_id, amount, created_at, released_at FROM reservations WHERE call_id = ?",
-        (call_id,),
-    )
-    if existing is not None and existing["released_at"] is not None:
-        raise DataError(f"call {call_id}: its reservation was already settled")
-    if existing is not None and _str(existing, "account_id") != account_id:
-        raise DataError(f"call {call_id}: reserved on account {_str(existing, 'account_id')}")
-    new_call = existing is None
-    # An extension takes the reservation's row lock before the account's, in the order
-    # `settle` takes them, so the two cannot deadlock on PostgreSQL.
-    if not new_call and not tx.execute(
-        "UPDATE reservations SET amount = amount WHERE call_id = ? AND released_at IS NULL",
-        (call_id,),
-    ):
-        raise DataError(f"call {call_id}: its reservation was already settled")
-    for _ in range(_RESERVE_ATTEMPTS):
-        account = tx.fetchone(
-            "SELECT status, balance, reserved, credit_limit, max_calls, open_calls"
-            " FROM accounts WHERE id = ?",
-            (account_id,),
-        )
-        if account is None:
-            return Refusal(cause=Cause.NO_ACCOUNT)
-        status = _str(account, "status")
-        if status != "active":
-            return Refusal(cause=Cause.ACCOUNT_DISABLED, detail=status)
-        max_calls, open_calls = _opt_int(account, "max_calls"), _int(account, "open_calls")
-        if new_call and max_calls is not None and open_calls >= max_calls:
-            return Refusal(cause=Cause.TOO_MANY_CALLS, detail=f"{open_calls} of {max_calls}")
-        available = from_units(
-            _int(account, "balance") + _int(account, "credit_limit") - _int(account, "reserved")
-        )
-        hold = amount(available) if callable(amount) else amount
-        if hold is None or hold > available:
-            return Refusal(cause=Cause.NO_CREDIT, detail=f"available {available}")
-        if hold < 0:
-            raise DataError(f"call {call_id}: a hold of {hold}")
-        units = to_units(hold)
-        changed = tx.execute(
-            "UPDATE accounts SET reserved = reserved + ?, open_calls = open_calls + ?"
-            " WHERE id = ? AND status = 'active' AND balance + credit_limit - reserved >= ?"
-            " AND (? = 0 OR max_calls IS NULL OR open_calls < max_calls)",
-            (units, int(new_call), account_id, units, int(new_call)),
-        )
-        if changed != 1:
-            continue
-        if existing is None:
-            tx.execute(
-                f"INSERT INTO reservations ({_RESERVATION_COLUMNS})"
-                " VALUES (?, ?, ?, ?, NULL, NULL, NULL)",
-                (call_id, account_id, units, at),
-            )
-            return Reservation(
-                call_id=call_id, account_id=account_id, amount=from_units(units), created_at=at
-            )
-        tx.execute(
-            "UPDATE reservations SET amount = amount + ? WHERE call_id = ?", (units, call_id)
+    # account's row (PostgreSQL) or the whole file (SQLite) until it commits. One read;
+    # the writes go out with the commit.
+    row = tx.fetchone(_RESERVE_READ, (call_id, account_id))
+    if row is None:
+        existing = get_reservation(tx, call_id)
+        if existing is not None:
+            raise DataError(f"call {call_id}: reserved on account {existing.account_id}")
+        return Refusal(cause=Cause.NO_ACCOUNT)
+    new_call = row["reserved_on"] is None
+    if not new_call:
+        if row["released_at"] is not None:
+            raise DataError(f"call {call_id}: its reservation was already settled")
+        if _str(row, "reserved_on") != account_id:
+            raise DataError(f"call {call_id}: reserved on account {_str(row, 'reserved_on')}")
+    status = _str(row, "status")
+    if status != "active":
+        return Refusal(cause=Cause.ACCOUNT_DISABLED, detail=status)
+    max_calls, open_calls = _opt_int(row, "max_calls"), _int(row, "open_calls")
+    if new_call and max_calls is not None and open_calls >= max_calls:
+        return Refusal(cause=Cause.TOO_MANY_CALLS, detail=f"{open_calls} of {max_calls}")
+    available = from_units(_int(row, "balance") + _int(row, "credit_limit") - _int(row, "reserved"))
+    hold = amount(available) if callable(amount) else amount
+    if hold is None or hold > available:
+        return Refusal(cause=Cause.NO_CREDIT, detail=f"available {available}")
+    if hold < 0:
+        raise DataError(f"call {call_id}: a hold of {hold}")
+    units = to_units(hold)
+    tx.send(_HOLD, (units, int(new_call), account_id, units, int(new_call)), expect=1)
+    if new_call:
+        tx.send(
+            f"INSERT INTO reservations ({_RESERVATION_COLUMNS})"
+            " VALUES (?, ?, ?, ?, NULL, NULL, NULL)",
+            (call_id, account_id, units, at),
         )
         return Reservation(
-            call_id=call_id,
-            account_id=account_id,
-            amount=from_units(_int(existing, "amount") + units),
-            created_at=_float(existing, "created_at"),
+            call_id=call_id, account_id=account_id, amount=from_units(units), created_at=at
         )
-    return Refusal(cause=Cause.NO_CREDIT, detail="the account kept changing")
+    tx.send(
+        "UPDATE reservations SET amount = amount + ? WHERE call_id = ? AND released_at IS NULL",
+        (units, call_id),
+        expect=1,
+    )
+    return Reservation(
+        call_id=call_id,
+        account_id=account_id,
+        amount=from_units(_int(row, "held") + units),
+        created_at=_float(row, "reserved_at"),
+    )
+
+
+# The call's reservation and its account, both locked: a second settlement of the call
+# waits here, then finds it settled.
+_SETTLE_READ = """
+SELECT r.account_id, r.amount, r.released_at, a.balance, a.credit_limit, a.reserved, a.seq
+FROM reservations r JOIN accounts a ON a.id = r.account_id
+WHERE r.call_id = ? FOR UPDATE
+"""
 
 
 def settle(
@@ -671,47 +675,50 @@ def settle(
     """
     if cost < 0:
         raise DataError(f"call {call_id}: a cost of {cost}")
-    # Claim the reservation first: only one settlement gets past this UPDATE. (Each step
-    # returns what the next needs: this runs while the account is held, see `reserve`.)
-    claimed = tx.fetchall(
-        "UPDATE reservations SET released_at = ?, cost = ?"
-        " WHERE call_id = ? AND released_at IS NULL RETURNING account_id, amount",
-        (at, to_units(cost), call_id),
-    )
-    if not claimed:
-        if tx.fetchone("SELECT call_id FROM reservations WHERE call_id = ?", (call_id,)) is None:
+    row = tx.fetchone(_SETTLE_READ, (call_id,))
+    if row is None:
+        found = tx.fetchone("SELECT released_at FROM reservations WHERE call_id = ?", (call_id,))
+        if found is None:
             return None
+        if found["released_at"] is None:
+            raise DataError(f"call {call_id}: its account is gone")
         return _settled(tx, call_id)
-    account_id, hold = _str(claimed[0], "account_id"), _int(claimed[0], "amount")
-    # Release the hold: this takes the account's row lock before its balance is read.
-    released = tx.fetchall(
-        "UPDATE accounts SET reserved = reserved - ?, open_calls = open_calls - 1 WHERE id = ?"
-        " RETURNING balance, credit_limit, reserved",
-        (hold, account_id),
-    )
-    if not released:
-        raise DataError(f"call {call_id}: its account {account_id} is gone")
-    account = released[0]
-    payable = max(
-        0, _int(account, "balance") + _int(account, "credit_limit") - _int(account, "reserved")
-    )
+    if row["released_at"] is not None:
+        return _settled(tx, call_id)
+    account_id, hold = _str(row, "account_id"), _int(row, "amount")
+    reserved = _int(row, "reserved") - hold
+    payable = max(0, _int(row, "balance") + _int(row, "credit_limit") - reserved)
     units = min(to_units(cost), payable)
-    seq: int | None = None
-    balance = from_units(_int(account, "balance"))
+    balance, seq = _int(row, "balance") - units, _int(row, "seq")
+    tx.send(
+        "UPDATE reservations SET released_at = ?, cost = ?, debited = ?"
+        " WHERE call_id = ? AND released_at IS NULL",
+        (at, to_units(cost), units, call_id),
+        expect=1,
+    )
+    tx.send(
+        "UPDATE accounts SET reserved = reserved - ?, open_calls = open_calls - 1,"
+        " balance = balance - ?, seq = seq + ? WHERE id = ? AND seq = ?",
+        (hold, units, int(units > 0), account_id, seq),
+        expect=1,
+    )
+    ledger_seq: int | None = None
     if units:
+        ledger_seq = seq + 1
         why = reason or f"call {call_id}"
         if units < to_units(cost):
             why += f" (rated {cost}, the account could pay {from_units(units)})"
-        entry = _post(tx, account_id, "debit", -from_units(units), why, at=at, call_id=call_id)
-        seq, balance = entry.seq, entry.balance
-    tx.execute("UPDATE reservations SET debited = ? WHERE call_id = ?", (units, call_id))
+        tx.send(
+            f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (account_id, ledger_seq, at, "debit", -units, balance, why, call_id, None),
+        )
     return Settlement(
         call_id=call_id,
         account_id=account_id,
         cost=cost,
         debited=from_units(units),
-        balance=balance,
-        ledger_seq=seq,
+        balance=from_units(balance),
+        ledger_seq=ledger_seq,
     )
 
 

@@ -34,7 +34,7 @@ from typing import TypeVar
 from twinline.store import migrate
 from twinline.store.backend import Backend, WriterStore
 from twinline.store.base import Row, Tx
-from twinline.store.errors import StoreError
+from twinline.store.errors import StoreError, UnexpectedRows
 from twinline.store.records import SqlValue
 from twinline.store.sql import render
 from twinline.store.writer import Failure, Session
@@ -73,6 +73,11 @@ class _SqliteTx:
         cur = self._conn.execute(render(sql, "sqlite"), tuple(params))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def send(self, sql: str, params: Sequence[SqlValue] = (), *, expect: int | None = None) -> None:
+        changed = self.execute(sql, params)  # in-process: nothing to gain by waiting later
+        if expect is not None and changed != expect:
+            raise UnexpectedRows(sql, changed, expect)
 
 
 def _is_busy(error: BaseException) -> bool:

@@ -105,9 +105,18 @@ class Session(abc.ABC):
         """Wait before running a conflicting transaction again (`attempt` >= 1)."""
         jittered_backoff(attempt)
 
-    def execute_batch(self, writes: Sequence[Write]) -> int:
-        """Run the writes in order, in the open transaction; how many rows they changed."""
-        return sum(max(self.tx.execute(w.sql, w.params), 0) for w in writes)
+    def write_batch(self, writes: Sequence[Write]) -> int:
+        """Run the writes in order in a transaction and commit it; how many rows they
+        changed."""
+        self.begin()
+        rows = sum(max(self.tx.execute(w.sql, w.params), 0) for w in writes)
+        self.commit()
+        return rows
+
+    def end_op(self) -> None:
+        """An operation of a group returned: make sure its statements ran, so that their
+        errors are raised now, as the operation's (`Tx.send` may have deferred them)."""
+        return  # SQLite runs every statement when it is given
 
     def savepoint(self) -> None:
         self.tx.execute("SAVEPOINT one_op")
@@ -427,9 +436,7 @@ class Writer:
         while True:
             attempt += 1
             try:
-                session.begin()
-                rows = session.execute_batch(batch)
-                session.commit()
+                rows = session.write_batch(batch)
             except Exception as e:
                 session.rollback()
                 failure = session.failure(e)
@@ -565,7 +572,9 @@ class Writer:
                     else:
                         session.next_savepoint()  # COMMIT releases the last one
                     try:
-                        outcomes.append((True, op.fn(session.tx)))
+                        value = op.fn(session.tx)
+                        session.end_op()
+                        outcomes.append((True, value))
                     except Exception as e:
                         cause, failure = _failure_within(session, e)
                         if failure in (Failure.CONFLICT, Failure.LOST):

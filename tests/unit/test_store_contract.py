@@ -388,7 +388,7 @@ def test_a_sent_statement_fails_its_own_operation(db: Db) -> None:
             assert (len(applied), len(failed)) == (100, 50)
             assert all(re.search("(?i)check", str(outcomes[i])) for i in failed)
             assert isinstance(outcomes[150], UnexpectedRows)
-            assert "changed 0 rows, not 1" in str(outcomes[150])
+            assert re.search("changed (0|another number of) rows, not 1", str(outcomes[150]))
             assert db.balance() == 0
             assert await store.side_effect(f"c{applied[-1]}/debit") is not None
             for key in (f"c{failed[0]}/debit", "c-none/debit"):

@@ -47,5 +47,6 @@ class StoreUnavailable(StoreError):
 class UnexpectedRows(StoreError):
     """A statement sent with `Tx.send(..., expect=N)` changed another number of rows."""
 
-    def __init__(self, sql: str, changed: int, expect: int) -> None:
-        super().__init__(f"{' '.join(sql.split())[:120]}: changed {changed} rows, not {expect}")
+    def __init__(self, sql: str, expect: int, changed: int | None = None) -> None:
+        rows = "another number of" if changed is None else str(changed)
+        super().__init__(f"{' '.join(sql.split())[:120]}: changed {rows} rows, not {expect}")

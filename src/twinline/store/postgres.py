@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import math
 import os
@@ -171,17 +172,31 @@ class _PgTx:
         deferred, self._deferred = self._deferred, []
         sent: list[tuple[psycopg.Cursor[Any], str, int | None]] = []
         # Leaving the block sends a Sync and reads every answer; the first error is
-        # raised there, and the server skips whatever came after it.
-        with self._conn.pipeline():
-            for statement, args, expect in deferred:
-                sent.append(
-                    (self._conn.execute(render(statement, "postgresql"), args), statement, expect)
-                )
-            if sql is not None:
-                self._cur.execute(render(sql, "postgresql"), tuple(params))
-        for cur, statement, expect in sent:
-            if expect is not None and cur.rowcount != expect:
-                raise UnexpectedRows(statement, cur.rowcount, expect)
+        # raised there, and the server skips whatever came after it (a COMMIT too).
+        try:
+            with self._conn.pipeline():
+                for statement, args, expect in deferred:
+                    cur = self._conn.execute(_expecting(statement, expect), args)
+                    sent.append((cur, statement, expect))
+                if sql is not None:
+                    self._cur.execute(render(sql, "postgresql"), tuple(params))
+        except pg_errors.DivisionByZero as e:
+            for cur, statement, expect in sent:
+                if expect is not None and cur.pgresult is None:  # the first with no answer
+                    raise UnexpectedRows(statement, expect) from e
+            raise
+
+
+@functools.lru_cache(maxsize=256)
+def _expecting(sql: str, expect: int | None) -> str:
+    """`sql` for PostgreSQL; with `expect`, made to fail (division by zero) unless it
+    changes `expect` rows: on the server, so that a COMMIT sent after it does not run."""
+    rendered = render(sql, "postgresql")
+    if expect is None:
+        return rendered
+    # Our own SQL and an int: nothing from outside is pasted in.
+    check = f"SELECT 1 / (count(*) = {int(expect)})::int FROM sent"  # noqa: S608
+    return f"WITH sent AS ({rendered} RETURNING 1) {check}"
 
 
 _READ_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -277,8 +292,13 @@ class PgSession(Session):
         self._tx.discard_after("SAVEPOINT one_op")  # what the operation sent: undone anyway
         self._tx.execute("ROLLBACK TO SAVEPOINT one_op")
 
-    def end_op(self) -> None:
+    def end_op(self, *, last: bool) -> bool:
+        # The last operation's deferred statements and COMMIT go in one round trip. After
+        # an error in the former the server skips the COMMIT: the operation's error.
+        if last:
+            self._tx.send("COMMIT")
         self._tx.flush()
+        return last
 
     def write_batch(self, writes: Sequence[Write]) -> int:
         # Pipeline mode: BEGIN, every write and COMMIT go out before any answer is read,

@@ -77,7 +77,7 @@ class _SqliteTx:
     def send(self, sql: str, params: Sequence[SqlValue] = (), *, expect: int | None = None) -> None:
         changed = self.execute(sql, params)  # in-process: nothing to gain by waiting later
         if expect is not None and changed != expect:
-            raise UnexpectedRows(sql, changed, expect)
+            raise UnexpectedRows(sql, expect, changed)
 
 
 def _is_busy(error: BaseException) -> bool:

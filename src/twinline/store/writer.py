@@ -113,10 +113,12 @@ class Session(abc.ABC):
         self.commit()
         return rows
 
-    def end_op(self) -> None:
+    def end_op(self, *, last: bool) -> bool:
         """An operation of a group returned: make sure its statements ran, so that their
-        errors are raised now, as the operation's (`Tx.send` may have deferred them)."""
-        return  # SQLite runs every statement when it is given
+        errors are raised now, as the operation's (`Tx.send` may have deferred them).
+        For the `last` operation a session may commit with them (True: committed): an
+        error then is the operation's only if the COMMIT did not run."""
+        return False  # SQLite runs every statement when it is given
 
     def savepoint(self) -> None:
         self.tx.execute("SAVEPOINT one_op")
@@ -557,7 +559,7 @@ class Writer:
         while True:
             attempt += 1
             outcomes: list[tuple[bool, Any]] = []
-            committing = False
+            committing = committed = False
             try:
                 session.begin()
                 if not gathered:
@@ -571,18 +573,22 @@ class Writer:
                         session.savepoint()
                     else:
                         session.next_savepoint()  # COMMIT releases the last one
+                    last = i == len(ops) - 1
                     try:
                         value = op.fn(session.tx)
-                        session.end_op()
+                        committing = last  # the session may send COMMIT with the op's end
+                        committed = session.end_op(last=last)
                         outcomes.append((True, value))
                     except Exception as e:
                         cause, failure = _failure_within(session, e)
                         if failure in (Failure.CONFLICT, Failure.LOST):
                             raise _GroupFailed(cause, failure) from e
+                        committing = committed = False  # an op's error: COMMIT was not run
                         session.rollback_to_savepoint()
                         outcomes.append((False, self._op_error(session, op, e)))
                 committing = True
-                session.commit()
+                if not committed:
+                    session.commit()
             except Exception as e:  # noqa: BLE001 - handed to the callers, who raise it
                 session.rollback()
                 error = e.error if isinstance(e, _GroupFailed) else e

@@ -47,6 +47,9 @@ class ConnTx:
         changed = self.execute(sql, params)
         assert expect is None or changed == expect, (sql, changed, expect)
 
+    def flush(self) -> None:
+        return
+
 
 class Money(RuleBasedStateMachine):
     def __init__(self) -> None:

@@ -93,6 +93,36 @@ def test_twenty_stores_debit_one_account_exactly_once_each(pg_database: PgDataba
     assert db.scalar("SELECT count(*) FROM side_effects") == keys
 
 
+def test_failed_pipelines_leave_no_stale_prepared_statements(pg_database: PgDatabase) -> None:
+    """Sent statements go out in pipeline mode; one failing on the server makes it skip
+    the rest, and psycopg may then believe statements prepared that never were ("prepared
+    statement _pg3_N does not exist" on their next use). Operations that fail so, one in
+    two while the statements are new, must not make the others fail."""
+    db = PgDb(pg_database)
+
+    def take(amount: int) -> Callable[[Tx], str | None]:
+        def effect(tx: Tx) -> str:
+            tx.fetchone("SELECT balance FROM test_purses WHERE id = 'acct-1' FOR UPDATE")
+            tx.send("UPDATE test_purses SET balance = balance - ? WHERE id = 'acct-1'", (amount,))
+            return str(amount)
+
+        return effect
+
+    async def main() -> None:
+        async with db.store() as store:
+            db.create_accounts(1_000)
+            for i in range(40):
+                if i % 2:
+                    with pytest.raises(StoreError, match=r"(?i)check"):
+                        await store.once_with(f"c{i}/x", f"c{i}", "debit", take(10_000))
+                else:
+                    outcome = await store.once_with(f"c{i}/x", f"c{i}", "debit", take(1))
+                    assert (outcome.applied, outcome.result) == (True, "1")
+            assert db.balance() == 1_000 - 20
+
+    run(main())
+
+
 def test_a_multi_host_url_finds_the_primary_then_the_promoted_replica(
     pg_replicated: tuple[PgServer, PgServer],
 ) -> None:

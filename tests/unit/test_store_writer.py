@@ -31,6 +31,9 @@ class _Tx:
     def send(self, sql: str, params: Any = (), *, expect: int | None = None) -> None:
         self.execute(sql, params)
 
+    def flush(self) -> None:
+        return
+
 
 class LockedSession(Session):
     """`begin` waits until `unlock` is set, as a writer waits for another process's lock."""

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from twinline.store import migrate, sql
 from twinline.store.base import OnceOutcome, Row, Store, StoreStats, Tx
-from twinline.store.errors import StoreClosed, StoreError, StoreUnavailable
+from twinline.store.errors import StoreClosed, StoreError, StoreUnavailable, UnexpectedRows
 from twinline.store.records import (
     ActiveCall,
     Cdr,
@@ -250,10 +250,23 @@ class WriterStore(Store):
         params = (key, call_id, kind, time.time(), None)
 
         def once(tx: Tx) -> OnceOutcome:
-            if tx.execute(sql.CLAIM, params) != 1:
+            # The claim goes out with the effect's first statement that waits (one round
+            # trip less on PostgreSQL). Found taken, it fails there (`expect=1`), and
+            # whatever the effect did is rolled back before the stored result is read.
+            tx.send(_ONCE_SAVEPOINT)
+            claiming = _Claiming(tx)
+            try:
+                claiming.send(sql.CLAIM, params, expect=1)
+                result = effect(claiming)
+                if not claiming.confirmed:
+                    claiming.flush()
+            except Exception:
+                if not claiming.lost:
+                    raise
+            if claiming.lost:  # applied before, or by a transaction that committed first
+                tx.execute(f"ROLLBACK TO {_ONCE_SAVEPOINT}")
                 row = tx.fetchone(sql.SIDE_EFFECT_RESULT, (key,))
                 return OnceOutcome(applied=False, result=_opt_str(row, "result"))
-            result = effect(tx)
             if result is not None:
                 tx.send(sql.STORE_RESULT, (result, key), expect=1)
             return OnceOutcome(applied=True, result=result)
@@ -365,6 +378,54 @@ class WriterStore(Store):
 
 
 # --- rows to records, by column name ----------------------------------------------------
+
+
+_ONCE_SAVEPOINT = "SAVEPOINT once_claim"
+
+
+class _Claiming:
+    """The transaction as an effect of `once_with` sees it while its key's claim is in
+    flight: notes whether the claim was confirmed (a statement after it got its answer)
+    or lost (its `UnexpectedRows` came by, even if the effect caught it)."""
+
+    __slots__ = ("_tx", "confirmed", "lost")
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+        self.confirmed = False
+        self.lost = False
+
+    def _wait(self, fn: Callable[[], T]) -> T:
+        try:
+            out = fn()
+        except UnexpectedRows as e:
+            if e.sql == sql.CLAIM:
+                self.lost = True
+            raise
+        self.confirmed = True
+        return out
+
+    def execute(self, sql_: str, params: Sequence[SqlValue] = ()) -> int:
+        return self._wait(lambda: self._tx.execute(sql_, params))
+
+    def fetchone(self, sql_: str, params: Sequence[SqlValue] = ()) -> Row | None:
+        return self._wait(lambda: self._tx.fetchone(sql_, params))
+
+    def fetchall(self, sql_: str, params: Sequence[SqlValue] = ()) -> list[Row]:
+        return self._wait(lambda: self._tx.fetchall(sql_, params))
+
+    def flush(self) -> None:
+        self._wait(self._tx.flush)
+
+    def send(
+        self, sql_: str, params: Sequence[SqlValue] = (), *, expect: int | None = None
+    ) -> None:
+        try:
+            self._tx.send(sql_, params, expect=expect)  # SQLite runs it at once
+        except UnexpectedRows as e:
+            if e.sql == sql.CLAIM:
+                self.lost = True
+            raise
 
 
 def _str(row: Row, name: str) -> str:

@@ -77,6 +77,10 @@ class Tx(Protocol):
         count other than `expect`, may be raised there rather than here."""
         ...
 
+    def flush(self) -> None:
+        """Run what `send` deferred now, raising its errors here."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class OnceOutcome:
@@ -211,7 +215,10 @@ class Store(abc.ABC):
         self, key: str, call_id: str, kind: str, effect: Callable[[Tx], str | None]
     ) -> OnceOutcome:
         """Run `effect` and record `key` with what it returned, in one transaction,
-        unless `key` exists: then nothing runs and the stored result comes back.
+        unless `key` exists: then nothing of the effect is kept and the stored result
+        comes back. (The key's claim may travel with the effect's first statement, so
+        the effect may have started before the key is found: keep it a function of the
+        transaction, with no effect outside it.)
 
         The effect decides from what the database holds (a balance, a reservation) and
         returns its result as text (the amount debited, a refusal), which every replay

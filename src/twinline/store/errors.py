@@ -48,5 +48,6 @@ class UnexpectedRows(StoreError):
     """A statement sent with `Tx.send(..., expect=N)` changed another number of rows."""
 
     def __init__(self, sql: str, expect: int, changed: int | None = None) -> None:
+        self.sql = sql
         rows = "another number of" if changed is None else str(changed)
         super().__init__(f"{' '.join(sql.split())[:120]}: changed {rows} rows, not {expect}")

@@ -126,12 +126,13 @@ class _PgTx:
     them. A round trip costs both processes a wake-up and a few system calls, which on
     small hosts is most of what a short statement costs (bench/pg_roundtrip.py)."""
 
-    __slots__ = ("_conn", "_cur", "_deferred")
+    __slots__ = ("_conn", "_cur", "_deferred", "aborted")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
         self._cur: psycopg.Cursor[DictRow] = conn.cursor(row_factory=dict_row)
         self._deferred: list[tuple[str, tuple[SqlValue, ...], int | None]] = []
+        self.aborted = False  # a pipeline failed on the server (see `PgSession._ready`)
 
     def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
         self._run(sql, params)
@@ -170,21 +171,34 @@ class _PgTx:
             self._cur.execute(render(sql, "postgresql"), tuple(params))
             return
         deferred, self._deferred = self._deferred, []
+        # A COMMIT among them must not run after a failed `expect`: the check is then made
+        # on the server; otherwise here, once the answers are in, before anything goes on
+        # (an error on the server aborts the pipeline, which has costs of its own: see
+        # `aborted`).
+        on_server = sql is None and deferred[-1][0] == "COMMIT"
         sent: list[tuple[psycopg.Cursor[Any], str, int | None]] = []
         # Leaving the block sends a Sync and reads every answer; the first error is
         # raised there, and the server skips whatever came after it (a COMMIT too).
         try:
             with self._conn.pipeline():
                 for statement, args, expect in deferred:
-                    cur = self._conn.execute(_expecting(statement, expect), args)
-                    sent.append((cur, statement, expect))
+                    query = _expecting(statement, expect if on_server else None)
+                    sent.append((self._conn.execute(query, args), statement, expect))
                 if sql is not None:
                     self._cur.execute(render(sql, "postgresql"), tuple(params))
-        except pg_errors.DivisionByZero as e:
-            for cur, statement, expect in sent:
-                if expect is not None and cur.pgresult is None:  # the first with no answer
-                    raise UnexpectedRows(statement, expect) from e
+        except psycopg.Error as e:
+            self.aborted = True
+            if isinstance(e, pg_errors.DivisionByZero):
+                # The statement that failed is the first without an answer (those after
+                # it were skipped): an `expect` check, or a division of the SQL's own.
+                failed = next(((s, n) for cur, s, n in sent if cur.pgresult is None), None)
+                if on_server and failed is not None and failed[1] is not None:
+                    raise UnexpectedRows(failed[0], failed[1]) from e
             raise
+        if not on_server:
+            for cur, statement, expect in sent:
+                if expect is not None and cur.rowcount != expect:
+                    raise UnexpectedRows(statement, expect, cur.rowcount)
 
 
 @functools.lru_cache(maxsize=256)
@@ -262,18 +276,28 @@ class PgSession(Session):
         return self._tx
 
     def begin(self) -> None:
-        if self._lost or self.conn.closed or self.conn.broken:
-            self._reconnect()
+        self._ready()
         self._tx.send("BEGIN")  # with the transaction's first statement
 
-    def _reconnect(self) -> None:
+    def _ready(self) -> None:
+        """Reopen the connection if it was lost, or if a pipeline failed on it: psycopg
+        may then believe statements prepared that the server skipped (measured: their
+        names fail later with "prepared statement does not exist", and psycopg 3.3's
+        cache offers no public way to forget them). Failed pipelines are rare: a
+        statement's own error, a deadlock."""
+        if self._lost or self.conn.closed or self.conn.broken:
+            self._reconnect()
+        elif self._tx.aborted:
+            self._reconnect(quiet=True)
+
+    def _reconnect(self, *, quiet: bool = False) -> None:
         self.conn.close()
         self.conn = psycopg.connect(
             self.settings.url, autocommit=True, **self.settings.connect_kwargs()
         )
         self._tx = _PgTx(self.conn)
         self._lost = False
-        log.info(
+        (log.debug if quiet else log.info)(
             "store: reconnected to the database (%s:%s)", self.conn.info.host, self.conn.info.port
         )
 
@@ -304,12 +328,15 @@ class PgSession(Session):
         # Pipeline mode: BEGIN, every write and COMMIT go out before any answer is read,
         # one round trip for the batch. After an error the server skips the rest, COMMIT
         # included, and the error is raised here.
-        if self._lost or self.conn.closed or self.conn.broken:
-            self._reconnect()
-        with self.conn.pipeline():
-            self.conn.execute("BEGIN")
-            cursors = [self.conn.execute(render(w.sql, "postgresql"), w.params) for w in writes]
-            self.conn.execute("COMMIT")
+        self._ready()
+        try:
+            with self.conn.pipeline():
+                self.conn.execute("BEGIN")
+                cursors = [self.conn.execute(render(w.sql, "postgresql"), w.params) for w in writes]
+                self.conn.execute("COMMIT")
+        except psycopg.Error:
+            self._tx.aborted = True
+            raise
         return sum(max(c.rowcount, 0) for c in cursors)
 
     def rollback(self) -> None:

@@ -79,6 +79,9 @@ class _SqliteTx:
         if expect is not None and changed != expect:
             raise UnexpectedRows(sql, expect, changed)
 
+    def flush(self) -> None:
+        return  # `send` ran its statement at once
+
 
 def _is_busy(error: BaseException) -> bool:
     return isinstance(error, sqlite3.Error) and (error.sqlite_errorcode & 0xFF) in _BUSY_CODES

@@ -311,6 +311,39 @@ def test_once_with_decides_from_the_database_and_replays_its_first_result(db: Db
     run(main())
 
 
+def test_an_effect_that_writes_first_is_not_applied_again_for_its_key(db: Db) -> None:
+    # A SELECT may travel with the key's claim; a write waits until the claim is
+    # confirmed. Applied again (one after the other, and many at once from two stores),
+    # each key debits once, whether the write is an UPDATE or an UPDATE ... RETURNING.
+    def update(tx: Tx) -> str:
+        return str(tx.execute(DEBIT, (1, "acct-1")))
+
+    def returning(tx: Tx) -> str:
+        rows = tx.fetchall(DEBIT + " RETURNING balance", (1, "acct-1"))
+        return str(rows[0]["balance"])
+
+    async def main() -> None:
+        async with db.store() as a, db.store() as b:
+            db.create_accounts(100)
+            for effect in (update, returning):
+                key = f"c-{effect.__name__}/debit"
+                first = await a.once_with(key, "c", "debit", effect)
+                again = await b.once_with(key, "c", "debit", effect)
+                assert first.applied and not again.applied
+                assert again.result == first.result
+            assert db.balance() == 98
+            outcomes = await asyncio.gather(
+                *(
+                    s.once_with(f"k{i % 10}", "c", "debit", update)
+                    for i, s in enumerate((a, b) * 20)
+                )
+            )
+            assert sum(o.applied for o in outcomes) == 10
+            assert db.balance() == 88
+
+    run(main())
+
+
 def test_a_failing_effect_rolls_back_with_its_key_and_transactions_read_by_name(db: Db) -> None:
     def refuse(tx: Tx) -> str:
         tx.execute(DEBIT, (1, "acct-1"))

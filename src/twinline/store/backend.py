@@ -250,21 +250,15 @@ class WriterStore(Store):
         params = (key, call_id, kind, time.time(), None)
 
         def once(tx: Tx) -> OnceOutcome:
-            # The claim goes out with the effect's first statement that waits (one round
-            # trip less on PostgreSQL). Found taken, it fails there (`expect=1`), and
-            # whatever the effect did is rolled back before the stored result is read.
-            tx.send(_ONCE_SAVEPOINT)
             claiming = _Claiming(tx)
             try:
-                claiming.send(sql.CLAIM, params, expect=1)
+                claiming.claim(params)
                 result = effect(claiming)
-                if not claiming.confirmed:
-                    claiming.flush()
+                claiming.confirm()
             except Exception:
                 if not claiming.lost:
                     raise
             if claiming.lost:  # applied before, or by a transaction that committed first
-                tx.execute(f"ROLLBACK TO {_ONCE_SAVEPOINT}")
                 row = tx.fetchone(sql.SIDE_EFFECT_RESULT, (key,))
                 return OnceOutcome(applied=False, result=_opt_str(row, "result"))
             if result is not None:
@@ -380,13 +374,13 @@ class WriterStore(Store):
 # --- rows to records, by column name ----------------------------------------------------
 
 
-_ONCE_SAVEPOINT = "SAVEPOINT once_claim"
-
-
 class _Claiming:
-    """The transaction as an effect of `once_with` sees it while its key's claim is in
-    flight: notes whether the claim was confirmed (a statement after it got its answer)
-    or lost (its `UnexpectedRows` came by, even if the effect caught it)."""
+    """The transaction as an effect of `once_with` sees it while the key's claim is in
+    flight. The claim goes out with the effect's first statement if that one is a
+    SELECT (one round trip less on PostgreSQL); anything else waits until the claim is
+    confirmed, so that nothing the effect writes ever runs after a lost claim (a key
+    found taken: applied before, or by a transaction that committed first). Once lost,
+    every statement is refused, even if the effect caught the error."""
 
     __slots__ = ("_tx", "confirmed", "lost")
 
@@ -395,37 +389,49 @@ class _Claiming:
         self.confirmed = False
         self.lost = False
 
-    def _wait(self, fn: Callable[[], T]) -> T:
+    def claim(self, params: tuple[SqlValue, ...]) -> None:
+        self._checked(lambda: self._tx.send(sql.CLAIM, params, expect=1))  # SQLite: at once
+
+    def confirm(self) -> None:
+        if not self.confirmed:
+            self._checked(self._tx.flush)
+            self.confirmed = True
+
+    def _checked(self, fn: Callable[[], T]) -> T:
+        if self.lost:
+            raise StoreError("the effect's key was found applied: nothing more runs")
         try:
-            out = fn()
+            return fn()
         except UnexpectedRows as e:
             if e.sql == sql.CLAIM:
                 self.lost = True
             raise
+
+    def _wait(self, sql_: str, fn: Callable[[], T]) -> T:
+        if sql_.lstrip()[:6].upper() != "SELECT":
+            self.confirm()
+        out = self._checked(fn)
         self.confirmed = True
         return out
 
     def execute(self, sql_: str, params: Sequence[SqlValue] = ()) -> int:
-        return self._wait(lambda: self._tx.execute(sql_, params))
+        return self._wait(sql_, lambda: self._tx.execute(sql_, params))
 
     def fetchone(self, sql_: str, params: Sequence[SqlValue] = ()) -> Row | None:
-        return self._wait(lambda: self._tx.fetchone(sql_, params))
+        return self._wait(sql_, lambda: self._tx.fetchone(sql_, params))
 
     def fetchall(self, sql_: str, params: Sequence[SqlValue] = ()) -> list[Row]:
-        return self._wait(lambda: self._tx.fetchall(sql_, params))
+        return self._wait(sql_, lambda: self._tx.fetchall(sql_, params))
 
     def flush(self) -> None:
-        self._wait(self._tx.flush)
+        self.confirm()
+        self._checked(self._tx.flush)
 
     def send(
         self, sql_: str, params: Sequence[SqlValue] = (), *, expect: int | None = None
     ) -> None:
-        try:
-            self._tx.send(sql_, params, expect=expect)  # SQLite runs it at once
-        except UnexpectedRows as e:
-            if e.sql == sql.CLAIM:
-                self.lost = True
-            raise
+        self.confirm()
+        self._tx.send(sql_, params, expect=expect)
 
 
 def _str(row: Row, name: str) -> str:

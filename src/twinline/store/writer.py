@@ -559,7 +559,7 @@ class Writer:
         while True:
             attempt += 1
             outcomes: list[tuple[bool, Any]] = []
-            committing = committed = False
+            committing = finished = False
             try:
                 session.begin()
                 if not gathered:
@@ -568,8 +568,11 @@ class Writer:
                 if not started_ops:
                     started_ops = True
                     ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
+                alone = len(ops) == 1  # then the transaction is the op's: no savepoint
                 for i, op in enumerate(ops):
-                    if i == 0:
+                    if alone:
+                        pass
+                    elif i == 0:
                         session.savepoint()
                     else:
                         session.next_savepoint()  # COMMIT releases the last one
@@ -577,17 +580,21 @@ class Writer:
                     try:
                         value = op.fn(session.tx)
                         committing = last  # the session may send COMMIT with the op's end
-                        committed = session.end_op(last=last)
+                        finished = session.end_op(last=last)
                         outcomes.append((True, value))
                     except Exception as e:
                         cause, failure = _failure_within(session, e)
                         if failure in (Failure.CONFLICT, Failure.LOST):
                             raise _GroupFailed(cause, failure) from e
-                        committing = committed = False  # an op's error: COMMIT was not run
-                        session.rollback_to_savepoint()
+                        committing = False  # an op's error: COMMIT was not run
                         outcomes.append((False, self._op_error(session, op, e)))
+                        if alone:
+                            session.rollback()  # nothing is left to commit
+                        else:
+                            session.rollback_to_savepoint()
+                        finished = alone
                 committing = True
-                if not committed:
+                if not finished:
                     session.commit()
             except Exception as e:  # noqa: BLE001 - handed to the callers, who raise it
                 session.rollback()

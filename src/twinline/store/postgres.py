@@ -126,13 +126,17 @@ class _PgTx:
     them. A round trip costs both processes a wake-up and a few system calls, which on
     small hosts is most of what a short statement costs (bench/pg_roundtrip.py)."""
 
-    __slots__ = ("_conn", "_cur", "_deferred", "aborted")
+    __slots__ = ("_conn", "_cur", "_deferred", "aborted", "carried", "mixed")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
         self._cur: psycopg.Cursor[DictRow] = conn.cursor(row_factory=dict_row)
         self._deferred: list[tuple[str, tuple[SqlValue, ...], int | None]] = []
         self.aborted = False  # a pipeline failed on the server (see `PgSession._ready`)
+        # How many of the deferred statements are earlier operations' (`PgSession.end_op`),
+        # and whether the last failure was in a pipeline that carried some.
+        self.carried = 0
+        self.mixed = False
 
     def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
         self._run(sql, params)
@@ -154,9 +158,14 @@ class _PgTx:
         if self._deferred:
             self._run(None, ())
 
+    @property
+    def pending(self) -> int:
+        return len(self._deferred)
+
     def discard(self) -> None:
         """Forget the deferred statements (the transaction is rolled back)."""
         self._deferred.clear()
+        self.carried = 0
 
     def discard_after(self, sql: str) -> None:
         """Forget the deferred statements after the last `sql` (a savepoint rolled back to)."""
@@ -171,6 +180,7 @@ class _PgTx:
             self._cur.execute(render(sql, "postgresql"), tuple(params))
             return
         deferred, self._deferred = self._deferred, []
+        carried, self.carried = self.carried, 0
         # A COMMIT among them must not run after a failed `expect`: the check is then made
         # on the server; otherwise here, once the answers are in, before anything goes on
         # (an error on the server aborts the pipeline, which has costs of its own: see
@@ -188,6 +198,7 @@ class _PgTx:
                     self._cur.execute(render(sql, "postgresql"), tuple(params))
         except psycopg.Error as e:
             self.aborted = True
+            self.mixed = carried > 0
             if isinstance(e, pg_errors.DivisionByZero):
                 # The statement that failed is the first without an answer (those after
                 # it were skipped): an `expect` check, or a division of the SQL's own.
@@ -196,8 +207,9 @@ class _PgTx:
                     raise UnexpectedRows(failed[0], failed[1]) from e
             raise
         if not on_server:
-            for cur, statement, expect in sent:
+            for i, (cur, statement, expect) in enumerate(sent):
                 if expect is not None and cur.rowcount != expect:
+                    self.mixed = i < carried
                     raise UnexpectedRows(statement, expect, cur.rowcount)
 
 
@@ -277,6 +289,7 @@ class PgSession(Session):
 
     def begin(self) -> None:
         self._ready()
+        self._tx.mixed = False
         self._tx.send("BEGIN")  # with the transaction's first statement
 
     def _ready(self) -> None:
@@ -321,8 +334,13 @@ class PgSession(Session):
         # an error in the former the server skips the COMMIT: the operation's error.
         if last:
             self._tx.send("COMMIT")
-        self._tx.flush()
-        return last
+            self._tx.flush()
+            return True
+        if self.separate_ops:
+            self._tx.flush()
+        else:  # they go with the next operation's first (an error there: Failure.MIXED)
+            self._tx.carried = self._tx.pending
+        return False
 
     def write_batch(self, writes: Sequence[Write]) -> int:
         # Pipeline mode: BEGIN, every write and COMMIT go out before any answer is read,
@@ -357,6 +375,8 @@ class PgSession(Session):
             return Failure.LOST
         if isinstance(error, _CONFLICTS):
             return Failure.CONFLICT
+        if self._tx.mixed and isinstance(error, psycopg.Error | UnexpectedRows):
+            return Failure.MIXED
         if isinstance(error, psycopg.Error):
             return Failure.BAD
         return None

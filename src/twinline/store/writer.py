@@ -62,6 +62,10 @@ class Failure(enum.Enum):
     CONFLICT = "conflict"  # other writers were in the way: the same transaction may be run again
     LOST = "lost"  # the connection is gone: nothing of the transaction was committed
     BAD = "bad"  # a statement's own fault (a constraint, a bad value): it fails alone
+    # The failed statements went out with an earlier operation's of the group (sent
+    # together to save round trips), so which failed is not known: the group is run
+    # again with each operation's statements on their own (`Session.separate_ops`).
+    MIXED = "mixed"
 
 
 class Session(abc.ABC):
@@ -75,6 +79,9 @@ class Session(abc.ABC):
     # The driver's own exceptions: an operation failing with one of these is reported
     # as a `StoreError`; anything else an operation raises reaches its caller as it is.
     driver_errors: tuple[type[BaseException], ...] = ()
+    # Set by the writer to run a group again after a `Failure.MIXED`: each operation's
+    # statements must then have run when it returns (`end_op`).
+    separate_ops: bool = False
 
     @property
     @abc.abstractmethod
@@ -541,7 +548,9 @@ class Writer:
     def _run_ops(self, session: Session, ops: list[_Op[Any]], *, gather: bool) -> _Item | None:
         """Immediate operations queued together commit together (group commit): one
         transaction, each operation in a savepoint of its own so that one that fails
-        is undone alone. Every result is handed out after the COMMIT, never before.
+        is undone alone (a session may send an operation's last statements with the
+        next one's first: `Failure.MIXED`). Every result is handed out after the
+        COMMIT, never before.
         With `gather`, operations queued while the transaction waited for the
         database's write lock join it (returned: the item met after them, if any, to
         serve next); without, something else is queued before them already.
@@ -550,6 +559,12 @@ class Writer:
         transaction each would serialize them on the commit. And processes that share
         a SQLite file, or one account's row on PostgreSQL, take turns on a lock: what
         queued during one's turn is best done in its next."""
+        try:
+            return self._run_group(session, ops, gather=gather)
+        finally:
+            session.separate_ops = False
+
+    def _run_group(self, session: Session, ops: list[_Op[Any]], *, gather: bool) -> _Item | None:
         carried: _Item | None = None
         gathered = not gather
         started_ops = False
@@ -584,7 +599,7 @@ class Writer:
                         outcomes.append((True, value))
                     except Exception as e:
                         cause, failure = _failure_within(session, e)
-                        if failure in (Failure.CONFLICT, Failure.LOST):
+                        if failure in (Failure.CONFLICT, Failure.LOST, Failure.MIXED):
                             raise _GroupFailed(cause, failure) from e
                         committing = False  # an op's error: COMMIT was not run
                         outcomes.append((False, self._op_error(session, op, e)))
@@ -603,6 +618,10 @@ class Writer:
                 if failure is Failure.CONFLICT and attempt < session.attempts:
                     self._count(retries=1)
                     session.backoff(attempt)
+                    continue
+                if failure is Failure.MIXED and not session.separate_ops:
+                    session.separate_ops = True  # until this group is done
+                    self._count(retries=1)
                     continue
                 if failure is Failure.LOST and not committing and not reconnected:
                     # A connection that died while idle (a server restart, a failover)

@@ -11,16 +11,22 @@ Finding the primary. The URL goes to libpq as it is, so a multi-host URL with
 read-write``) connects to whichever host accepts writes: after a failover, the promoted
 replica. A connection lost mid-way is reopened before the next transaction.
 
+Round trips. A short statement waited for costs both processes far more CPU than the
+same statement sent in pipeline mode (`bench/pg_roundtrip.py`), so the writer's
+transactions are pipelines: what nothing waits for (`Tx.send`) goes with the next
+statement that waits (`_PgTx`).
+
 Isolation (PostgreSQL's default, READ COMMITTED, plus what each operation adds):
 - an exactly-once write: the side_effects primary key. A second inserter of a key whose
-  first insert is not committed yet waits for it, then finds the key (nothing runs) or
-  not (the first rolled back: this one runs).
+  first insert is not committed yet waits for it, then finds the key (nothing of the
+  effect is kept) or not (the first rolled back: this one runs).
 - a decision from what is read (a debit with its reservation): the effect reads the rows
   it decides on with ``SELECT ... FOR UPDATE``; concurrent writers of the same account
   queue on that row lock, each reading the balance the previous one committed.
 - a checkpoint: the conditional upsert (``ON CONFLICT ... DO UPDATE ... WHERE``) locks
   the stored row and compares with its latest version in one statement.
-- reads: REPEATABLE READ, read only: one snapshot for every statement of a `read`.
+- reads: read only, one snapshot for every statement of a `read`: a read of one
+  statement runs alone (autocommit), a read of more in a REPEATABLE READ transaction.
 A transaction the server aborts to break a deadlock (group commits of several
 operations can take row locks in different orders) is run again, up to 5 times.
 """

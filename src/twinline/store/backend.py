@@ -424,8 +424,10 @@ class _Claiming:
         return self._wait(sql_, lambda: self._tx.fetchall(sql_, params))
 
     def flush(self) -> None:
-        self.confirm()
-        self._checked(self._tx.flush)
+        if self.confirmed:
+            self._checked(self._tx.flush)
+        else:
+            self.confirm()  # flushes everything sent so far
 
     def send(
         self, sql_: str, params: Sequence[SqlValue] = (), *, expect: int | None = None

@@ -585,12 +585,11 @@ class Writer:
                     ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
                 alone = len(ops) == 1  # then the transaction is the op's: no savepoint
                 for i, op in enumerate(ops):
-                    if alone:
-                        pass
-                    elif i == 0:
-                        session.savepoint()
-                    else:
-                        session.next_savepoint()  # COMMIT releases the last one
+                    if not alone:
+                        if i == 0:
+                            session.savepoint()
+                        else:
+                            session.next_savepoint()  # COMMIT releases the last one
                     last = i == len(ops) - 1
                     try:
                         value = op.fn(session.tx)
